@@ -1,0 +1,70 @@
+"""`sluice serve`: the three services as separate processes on loopback, started in order, watched,
+and stopped together."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def wait_serving(address: str, timeout: float, procs: list[subprocess.Popen]) -> None:
+    """Block until the gRPC server at address reports SERVING; fail fast if a process died."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{' '.join(p.args[3:5])} exited with code {p.returncode}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{address} not serving after {timeout:.0f}s")
+
+
+def stop_all(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def serve(commands: list[tuple[str, list[str], str]], startup_timeout: float) -> int:
+    """commands: (name, argv for `sluice`, gRPC address) in start order (worker first)."""
+    procs: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        for name, argv, _ in commands:
+            procs.append(subprocess.Popen([sys.executable, "-m", "services.cli", *argv]))
+        for name, _, address in commands:
+            wait_serving(address, startup_timeout, procs)
+            print(f"  {name:<9} serving on {address}", flush=True)
+        print(f"Sluice is ready: Generation API on {commands[-1][2]} (Ctrl-C stops all three)",
+              flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        dead = [p for p in procs if p.poll() is not None]
+        print(f"a service exited (code {dead[0].returncode}); stopping the others", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"start-up failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop_all(procs)

@@ -1,0 +1,1 @@
+"""Continuous-batching scheduler: token ids in, token ids out. Pure Python, no torch."""

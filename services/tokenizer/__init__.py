@@ -1,0 +1,1 @@
+"""The public front door: chat templates, tokenization, validation, incremental detokenization."""

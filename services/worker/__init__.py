@@ -1,0 +1,1 @@
+"""GPU model worker: weights, KV cache, model definitions, attention, sampling."""
