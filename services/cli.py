@@ -22,8 +22,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    help="Hugging Face model directory (default: the built-in demo model)")
 
 
-def _add_worker_flags(p: argparse.ArgumentParser) -> None:
+def _add_worker_flags(p: argparse.ArgumentParser, own_budget: bool = True) -> None:
     g = p.add_argument_group("worker")
+    if own_budget:  # `serve` shares the scheduler's flag
+        g.add_argument("--max-num-batched-tokens", type=int, default=4096,
+                       help="largest step: sizes the profile forward pass")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--load-format", default="safetensors", choices=["safetensors", "dummy"],
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}-port", type=int, default=port)
         p.add_argument(f"--{name}-metrics-port", type=int, default=metrics)
     p.add_argument("--startup-timeout", type=float, default=900.0)
-    _add_worker_flags(p)
+    _add_worker_flags(p, own_budget=False)
     _add_scheduler_flags(p)
 
     p = sub.add_parser("worker", help="run one model worker")

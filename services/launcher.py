@@ -11,15 +11,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def wait_serving(address: str, timeout: float, procs: list[subprocess.Popen]) -> None:
+def wait_serving(address: str, timeout: float, procs: dict[str, subprocess.Popen]) -> None:
     """Block until the gRPC server at address reports SERVING; fail fast if a process died."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
-            for p in procs:
+            for name, p in procs.items():
                 if p.poll() is not None:
-                    raise RuntimeError(f"{' '.join(p.args[3:5])} exited with code {p.returncode}")
+                    raise RuntimeError(f"the {name} exited with code {p.returncode}")
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == \
                         health_pb2.HealthCheckResponse.SERVING:
@@ -45,20 +45,20 @@ def stop_all(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
 
 def serve(commands: list[tuple[str, list[str], str]], startup_timeout: float) -> int:
     """commands: (name, argv for `sluice`, gRPC address) in start order (worker first)."""
-    procs: list[subprocess.Popen] = []
+    procs: dict[str, subprocess.Popen] = {}
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         for name, argv, _ in commands:
-            procs.append(subprocess.Popen([sys.executable, "-m", "services.cli", *argv]))
+            procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli", *argv])
         for name, _, address in commands:
             wait_serving(address, startup_timeout, procs)
             print(f"  {name:<9} serving on {address}", flush=True)
         print(f"Sluice is ready: Generation API on {commands[-1][2]} (Ctrl-C stops all three)",
               flush=True)
-        while all(p.poll() is None for p in procs):
+        while all(p.poll() is None for p in procs.values()):
             time.sleep(0.5)
-        dead = [p for p in procs if p.poll() is not None]
-        print(f"a service exited (code {dead[0].returncode}); stopping the others", file=sys.stderr)
+        name, dead = next((n, p) for n, p in procs.items() if p.poll() is not None)
+        print(f"the {name} exited (code {dead.returncode}); stopping the others", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
@@ -67,4 +67,4 @@ def serve(commands: list[tuple[str, list[str], str]], startup_timeout: float) ->
         print(f"start-up failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        stop_all(procs)
+        stop_all(list(procs.values()))

@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from services.common.convert import cache_spec_to_pb, plan_from_pb, result_to_pb
-from services.common.errors import FailedPrecondition, Unavailable
+from services.common.errors import Unavailable
 from services.common.pb import worker_pb2_grpc
 from services.common.rpc import handle_errors
 from services.worker import metrics
@@ -41,10 +41,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         async with self._lock:
             try:
                 result = await self._run(self.runner.execute, plan)
-            except (ValueError, KeyError) as exc:
-                metrics.STEP_ERRORS.inc()
-                raise FailedPrecondition(f"step {plan.step_id} rejected: {exc}") from exc
             except Exception:
+                # Plan errors (InvalidArgument, FailedPrecondition) leave state unchanged; anything
+                # else (e.g. out of memory) leaves it undefined, and the scheduler re-inits.
                 metrics.STEP_ERRORS.inc()
                 raise
         seconds = time.perf_counter() - started

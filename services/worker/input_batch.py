@@ -1,0 +1,183 @@
+"""The worker's per-request state, how a `StepPlan` updates it, and the flat inputs of one step.
+
+Invariants per request: `num_computed_tokens <= num_tokens`; the KV of tokens
+`0 .. num_computed_tokens - 1` is in the cache at the slots the block table gives; the block table
+covers at least `num_computed_tokens` tokens. A step computes tokens `num_computed_tokens ..
+num_computed_tokens + n - 1`; when that reaches `num_tokens`, the request samples one token, which
+is appended (so it is computed next step).
+
+`InputBatch.update` validates the whole plan before changing anything: a plan it rejects leaves the
+state as it was.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.sampling import SamplingParams
+from services.common.step import StepPlan
+from services.worker.layers.attention import AttentionMetadata
+
+
+@dataclass
+class RequestState:
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]  # grows by one per sampled token
+    sampling: SamplingParams
+    block_ids: list[int]  # the block table; token p is in block_ids[p // block_size]
+    num_computed_tokens: int
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    def token_slice(self, start: int, end: int) -> list[int]:
+        """Tokens `start .. end - 1` of prompt + output, without copying the whole sequence."""
+        num_prompt = len(self.prompt_token_ids)
+        if end <= num_prompt:
+            return self.prompt_token_ids[start:end]
+        if start >= num_prompt:
+            return self.output_token_ids[start - num_prompt:end - num_prompt]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:end - num_prompt]
+
+
+@dataclass
+class ModelInputs:
+    """One step's flat varlen batch: T tokens of B requests, S of which sample."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    metadata: AttentionMetadata
+    logits_indices: torch.Tensor  # [S] int64, the row of each sampling request's last token
+    sampling_requests: list[RequestState]  # [S], in the order of logits_indices
+
+
+def _num_blocks(num_tokens: int, block_size: int) -> int:
+    return -(-num_tokens // block_size)
+
+
+class InputBatch:
+    """Holds every live request's state; turns each plan into model inputs."""
+
+    def __init__(self, block_size: int, num_blocks: int, max_model_len: int, max_num_batched_tokens: int,
+                 vocab_size: int):
+        self.block_size, self.num_blocks, self.vocab_size = block_size, num_blocks, vocab_size
+        self.max_model_len, self.max_num_batched_tokens = max_model_len, max_num_batched_tokens
+        self.requests: dict[str, RequestState] = {}
+
+    def update(self, plan: StepPlan) -> list[tuple[RequestState, int]]:
+        """Apply the plan's finished/new/cached parts; return (request, num_scheduled) in plan order.
+
+        Raises InvalidArgument for a malformed plan and FailedPrecondition when the plan disagrees
+        with the worker's state (unknown request, count mismatch); both leave the state untouched.
+        """
+        finished = set(plan.finished_request_ids)
+        alive = {rid: st for rid, st in self.requests.items() if rid not in finished}
+        num_tokens: dict[str, tuple[int, int]] = {}  # request -> (num_computed, num_tokens)
+        num_block_ids: dict[str, int] = {rid: len(st.block_ids) for rid, st in alive.items()}
+        for new in plan.new_requests:
+            rid = new.request_id
+            if rid in alive or rid in num_tokens:
+                raise FailedPrecondition(f"request {rid!r} is sent as new but the worker already holds it")
+            total = len(new.prompt_token_ids) + len(new.output_token_ids)
+            if not new.prompt_token_ids or total > self.max_model_len:
+                raise InvalidArgument(f"request {rid!r} has {total} tokens; need 1..{self.max_model_len} "
+                                      "and a non-empty prompt")
+            if any(not 0 <= t < self.vocab_size for t in (*new.prompt_token_ids, *new.output_token_ids)):
+                raise InvalidArgument(f"request {rid!r} has token ids outside [0, {self.vocab_size})")
+            if not 0 <= new.num_computed_tokens < total:
+                raise InvalidArgument(f"request {rid!r}: num_computed_tokens {new.num_computed_tokens} "
+                                      f"not in [0, {total})")
+            self._check_block_ids(rid, new.block_ids)
+            num_tokens[rid] = (new.num_computed_tokens, total)
+            num_block_ids[rid] = len(new.block_ids)
+        cached_seen: set[str] = set()
+        for cached in plan.cached_requests:
+            rid = cached.request_id
+            if rid not in alive or rid in cached_seen:
+                raise FailedPrecondition(f"cached request {rid!r} is not held by the worker (or repeated)")
+            state = alive[rid]
+            if cached.num_computed_tokens != state.num_computed_tokens:
+                raise FailedPrecondition(
+                    f"request {rid!r}: scheduler says num_computed_tokens={cached.num_computed_tokens}, "
+                    f"worker has {state.num_computed_tokens}")
+            self._check_block_ids(rid, cached.new_block_ids)
+            cached_seen.add(rid)
+            num_block_ids[rid] += len(cached.new_block_ids)
+        for rid, state in alive.items():
+            num_tokens[rid] = (state.num_computed_tokens, state.num_tokens)
+        self._check_schedule(plan, num_tokens, num_block_ids)
+
+        for rid in finished:
+            self.requests.pop(rid, None)
+        for new in plan.new_requests:
+            self.requests[new.request_id] = RequestState(
+                new.request_id, list(new.prompt_token_ids), list(new.output_token_ids), new.sampling,
+                list(new.block_ids), new.num_computed_tokens)
+        for cached in plan.cached_requests:
+            self.requests[cached.request_id].block_ids.extend(cached.new_block_ids)
+        return [(self.requests[rid], n) for rid, n in plan.num_scheduled_tokens.items()]
+
+    def _check_block_ids(self, request_id: str, block_ids: list[int]) -> None:
+        if any(not 0 <= b < self.num_blocks for b in block_ids):
+            raise InvalidArgument(f"request {request_id!r}: block ids outside [0, {self.num_blocks})")
+
+    def _check_schedule(self, plan: StepPlan, num_tokens: dict[str, tuple[int, int]],
+                        num_block_ids: dict[str, int]) -> None:
+        if plan.total_num_scheduled_tokens > self.max_num_batched_tokens:
+            raise InvalidArgument(f"step schedules {plan.total_num_scheduled_tokens} tokens, more than "
+                                  f"max_num_batched_tokens={self.max_num_batched_tokens}")
+        for rid, n in plan.num_scheduled_tokens.items():
+            if rid not in num_tokens:
+                raise FailedPrecondition(f"scheduled request {rid!r} is not held by the worker")
+            computed, total = num_tokens[rid]
+            if not 0 < n <= total - computed:
+                raise InvalidArgument(f"request {rid!r}: {n} tokens scheduled, {total - computed} "
+                                      "not yet computed")
+            if _num_blocks(computed + n, self.block_size) > num_block_ids[rid]:
+                raise InvalidArgument(f"request {rid!r}: {num_block_ids[rid]} blocks cannot hold "
+                                      f"{computed + n} tokens")
+
+    def commit(self, scheduled: list[tuple[RequestState, int]], sampled: dict[str, int]) -> None:
+        """After the step: scheduled tokens are computed; sampled tokens join their requests."""
+        for state, n in scheduled:
+            state.num_computed_tokens += n
+            if state.request_id in sampled:
+                state.output_token_ids.append(sampled[state.request_id])
+
+    def prepare(self, scheduled: list[tuple[RequestState, int]], device: torch.device) -> ModelInputs:
+        """Flat inputs for `scheduled` (each request's next n tokens), on `device`."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        query_start_loc, seq_lens, block_tables = [0], [], []
+        logits_indices, sampling_requests = [], []
+        for state, n in scheduled:
+            start, end = state.num_computed_tokens, state.num_computed_tokens + n
+            input_ids += state.token_slice(start, end)
+            positions += range(start, end)
+            slot_mapping += [state.block_ids[p // bs] * bs + p % bs for p in range(start, end)]
+            query_start_loc.append(query_start_loc[-1] + n)
+            seq_lens.append(end)
+            block_tables.append(state.block_ids[:_num_blocks(end, bs)])
+            if end == state.num_tokens:
+                logits_indices.append(query_start_loc[-1] - 1)
+                sampling_requests.append(state)
+        width = max(len(table) for table in block_tables)
+        padded = [table + [0] * (width - len(table)) for table in block_tables]
+
+        def tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+        metadata = AttentionMetadata(
+            slot_mapping=tensor(slot_mapping, torch.int64),
+            query_start_loc=tensor(query_start_loc, torch.int32),
+            seq_lens=tensor(seq_lens, torch.int32),
+            block_tables=tensor(padded, torch.int32),
+        )
+        return ModelInputs(tensor(input_ids, torch.int64), tensor(positions, torch.int64), metadata,
+                           tensor(logits_indices, torch.int64), sampling_requests)

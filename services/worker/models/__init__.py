@@ -1,0 +1,1 @@
+"""Model definitions, one module per family; `registry` maps HF architecture names to them."""
