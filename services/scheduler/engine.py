@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol
 
@@ -141,30 +142,41 @@ class SchedulerEngine:
             num_cached_tokens=request.num_cached_tokens if request else 0))
 
     async def _run(self) -> None:
-        while True:
-            plan = self.scheduler.schedule()
-            if not plan.num_scheduled_tokens and not plan.finished_request_ids:
-                self._wakeup.clear()
-                if not self.scheduler.has_unfinished_requests():
-                    await self._wakeup.wait()
-                else:
-                    # Waiting requests but nothing schedulable: let aborts/finishes free room.
-                    await asyncio.sleep(0.001)
-                continue
-            started = time.perf_counter()
-            try:
-                result = await self.worker.step(plan)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any worker failure ends the live requests
-                await self._recover(exc)
-                continue
-            self._dispatch(self.scheduler.update(plan, result))
-            self.num_steps += 1
-            metrics.STEP.observe(time.perf_counter() - started)
-            metrics.STEP_TOKENS.observe(plan.total_num_scheduled_tokens)
-            self._export_gauges()
-            await asyncio.sleep(0)
+        """schedule -> worker.step -> update, with up to `pipeline_depth` steps in flight: step N+1
+        is scheduled and sent while the worker computes step N, so the GPU never waits for us."""
+        inflight: deque[tuple[StepPlan, asyncio.Future, float]] = deque()
+        try:
+            while True:
+                while len(inflight) < self.config.pipeline_depth:
+                    plan = self.scheduler.schedule()
+                    if not plan.num_scheduled_tokens and not plan.finished_request_ids:
+                        break
+                    inflight.append((plan, asyncio.ensure_future(self.worker.step(plan)),
+                                     time.perf_counter()))
+                if not inflight:
+                    self._wakeup.clear()
+                    if not self.scheduler.has_unfinished_requests():
+                        await self._wakeup.wait()
+                    else:
+                        # Waiting requests but nothing schedulable: let aborts/finishes free room.
+                        await asyncio.sleep(0.001)
+                    continue
+                plan, future, started = inflight.popleft()
+                try:
+                    result = await future
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any worker failure ends the live requests
+                    await _drain(inflight)
+                    await self._recover(exc)
+                    continue
+                self._dispatch(self.scheduler.update(plan, result))
+                self.num_steps += 1
+                metrics.STEP.observe(time.perf_counter() - started)
+                metrics.STEP_TOKENS.observe(plan.total_num_scheduled_tokens)
+                self._export_gauges()
+        finally:
+            await _drain(inflight)
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         now = time.monotonic()
@@ -221,6 +233,17 @@ class SchedulerEngine:
             return dict(num_running=0, num_waiting=0, kv_usage=0.0, num_free_blocks=0)
         return dict(num_running=s.num_running, num_waiting=s.num_waiting, kv_usage=s.kv_usage,
                     num_free_blocks=s.block_manager.num_free_blocks)
+
+
+async def _drain(inflight: deque) -> None:
+    """Cancel and await every step still in flight (their results no longer matter)."""
+    while inflight:
+        _, future, _ = inflight.popleft()
+        future.cancel()
+        try:
+            await future
+        except BaseException:  # noqa: BLE001 - cancelled or failed, either way discarded
+            pass
 
 
 def _merge(outputs: list[RequestOutput]) -> RequestOutput:

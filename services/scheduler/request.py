@@ -25,7 +25,8 @@ class FinishReason(str, enum.Enum):
 
 @dataclass(eq=False)
 class Request:
-    """Invariant: 0 <= num_computed_tokens <= num_tokens, and block_ids cover num_computed_tokens.
+    """Invariant: 0 <= num_computed_tokens <= num_tokens + num_pending_tokens, and block_ids cover
+    num_computed_tokens.
 
     Compared by identity: queues find and remove a request by the object itself.
     """
@@ -41,6 +42,9 @@ class Request:
     # One SampledToken per output token when sampling.logprobs is set, else None.
     output_logprobs: list[SampledToken] | None = field(default=None, init=False)
     num_computed_tokens: int = field(default=0, init=False)  # tokens whose KV is (being) computed
+    # Tokens that steps still in flight will sample: known to exist, not yet known in value. With
+    # overlapped scheduling the next step computes a pending token (the worker knows its value).
+    num_pending_tokens: int = field(default=0, init=False)
     block_ids: list[int] = field(default_factory=list, init=False)  # owned by the BlockManager
     status: RequestStatus = field(default=RequestStatus.WAITING, init=False)
     finish_reason: FinishReason | None = field(default=None, init=False)

@@ -120,8 +120,9 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if num_new <= 0:
+            num_new = min(request.num_tokens + request.num_pending_tokens
+                          - request.num_computed_tokens, budget)
+            if num_new <= 0 or _reaches_limit(request):
                 index += 1
                 continue
             new_block_ids = self.block_manager.allocate_slots(request, num_new)
@@ -138,6 +139,7 @@ class Scheduler:
                 CachedRequestData(request.request_id, new_block_ids, request.num_computed_tokens))
             plan.num_scheduled_tokens[request.request_id] = num_new
             request.num_computed_tokens += num_new
+            _note_sampling(request)
             budget -= num_new
             index += 1
 
@@ -153,6 +155,7 @@ class Scheduler:
                 request.num_cached_tokens = num_cached
             request.status = RequestStatus.RUNNING
             request.num_computed_tokens = num_cached + num_new
+            _note_sampling(request)
             self.running.append(request)
             plan.new_requests.append(NewRequestData(
                 request_id=request.request_id,
@@ -181,8 +184,9 @@ class Scheduler:
             request = self.requests.get(sampled.request_id)
             if (request is None or request.status is not RequestStatus.RUNNING
                     or sampled.request_id not in plan.num_scheduled_tokens
-                    or request.num_computed_tokens != request.num_tokens):
+                    or request.num_pending_tokens == 0):
                 continue
+            request.num_pending_tokens -= 1
             request.output_token_ids.append(sampled.token_id)
             if request.output_logprobs is not None:
                 request.output_logprobs.append(sampled)
@@ -205,6 +209,7 @@ class Scheduler:
     def _preempt(self, request: Request, plan: StepPlan) -> None:
         self.block_manager.free(request)
         request.num_computed_tokens = 0
+        request.num_pending_tokens = 0  # tokens of steps in flight are dropped and recomputed
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions_total += 1
@@ -216,6 +221,20 @@ class Scheduler:
         request.status = RequestStatus.FINISHED
         request.finish_reason = reason
         del self.requests[request.request_id]
+
+
+def _note_sampling(request: Request) -> None:
+    """A step that computes a request up to its last known token samples one more."""
+    if request.num_computed_tokens == request.num_tokens + request.num_pending_tokens:
+        request.num_pending_tokens += 1
+
+
+def _reaches_limit(request: Request) -> bool:
+    """With tokens pending, would one more step exceed max_tokens or the context (wasted work)?"""
+    if request.num_pending_tokens == 0:
+        return False
+    return (request.num_output_tokens + request.num_pending_tokens >= request.sampling.max_tokens
+            or request.num_tokens + request.num_pending_tokens >= request.max_model_len)
 
 
 def _stop_reason(request: Request, token_id: int) -> FinishReason | None:

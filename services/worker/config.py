@@ -35,6 +35,8 @@ class WorkerConfig:
     max_model_len: int | None = None  # longest sequence (prompt + output); default and cap: the model's
     max_num_batched_tokens: int = 4096  # most tokens in one step; the profile run uses this many
     seed: int = 0  # seeds torch's default generators and the dummy weights
+    enforce_eager: bool = False  # CUDA: run decode steps eagerly instead of replaying CUDA graphs
+    max_graph_batch_size: int = 256  # CUDA: largest decode batch captured in a graph
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -55,6 +57,8 @@ class WorkerConfig:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len is not None and self.max_model_len <= 0:
             raise ValueError(f"max_model_len must be positive, got {self.max_model_len}")
+        if self.max_graph_batch_size <= 0:
+            raise ValueError(f"max_graph_batch_size must be positive, got {self.max_graph_batch_size}")
         if self.max_num_batched_tokens <= 0:
             raise ValueError(f"max_num_batched_tokens must be positive, got {self.max_num_batched_tokens}")
 

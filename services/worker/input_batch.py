@@ -11,7 +11,7 @@ state as it was.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,9 +29,17 @@ class RequestState:
     sampling: SamplingParams
     block_ids: list[int]  # the block table; token p is in block_ids[p // block_size]
     num_computed_tokens: int
+    # Tokens sampled by launched steps whose values are still on the device, oldest first: each
+    # is (that step's sampled ids [S] on the device, this request's row in it).
+    pending: list[tuple[torch.Tensor, int]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
+        """Tokens known or pending: prompt + output + pending."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + len(self.pending)
+
+    @property
+    def num_known_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
     def token_slice(self, start: int, end: int) -> list[int]:
@@ -53,6 +61,7 @@ class ModelInputs:
     metadata: AttentionMetadata
     logits_indices: torch.Tensor  # [S] int64, the row of each sampling request's last token
     sampling_requests: list[RequestState]  # [S], in the order of logits_indices
+    is_decode: bool = False  # every request computes exactly one token
 
 
 def _num_blocks(num_tokens: int, block_size: int) -> int:
@@ -108,7 +117,7 @@ class InputBatch:
             cached_seen.add(rid)
             num_block_ids[rid] += len(cached.new_block_ids)
         for rid, state in alive.items():
-            num_tokens[rid] = (state.num_computed_tokens, state.num_tokens)
+            num_tokens[rid] = (state.num_computed_tokens, state.num_tokens)  # pending included
         self._check_schedule(plan, num_tokens, num_block_ids)
 
         for rid in finished:
@@ -141,24 +150,42 @@ class InputBatch:
                 raise InvalidArgument(f"request {rid!r}: {num_block_ids[rid]} blocks cannot hold "
                                       f"{computed + n} tokens")
 
-    def commit(self, scheduled: list[tuple[RequestState, int]], sampled: dict[str, int]) -> None:
-        """After the step: scheduled tokens are computed; sampled tokens join their requests."""
+    def advance(self, scheduled: list[tuple[RequestState, int]], sampling_requests: list[RequestState],
+                token_ids: torch.Tensor) -> None:
+        """After launching a step: scheduled tokens count as computed; each sampling request gets a
+        pending token, row i of `token_ids` [S] (still on the device)."""
         for state, n in scheduled:
             state.num_computed_tokens += n
-            if state.request_id in sampled:
-                state.output_token_ids.append(sampled[state.request_id])
+        for row, state in enumerate(sampling_requests):
+            state.pending.append((token_ids, row))
+
+    def resolve(self, token_ids: torch.Tensor, sampled: list[int]) -> None:
+        """The step that produced `token_ids` finished: its pending tokens become known outputs.
+        Requests dropped meanwhile simply no longer hold them."""
+        for state in self.requests.values():
+            while state.pending and state.pending[0][0] is token_ids:
+                _, row = state.pending.pop(0)
+                state.output_token_ids.append(sampled[row])
 
     def prepare(self, scheduled: list[tuple[RequestState, int]], device: torch.device) -> ModelInputs:
-        """Flat inputs for `scheduled` (each request's next n tokens), on `device`."""
+        """Flat inputs for `scheduled` (each request's next n tokens), on `device`. Pending tokens
+        (values still on the device) are gathered there, without a host sync."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []
         query_start_loc, seq_lens, block_tables = [0], [], []
         logits_indices, sampling_requests = [], []
+        pending_rows: list[tuple[int, torch.Tensor, int]] = []  # (input row, source ids, source row)
         for state, n in scheduled:
             start, end = state.num_computed_tokens, state.num_computed_tokens + n
-            input_ids += state.token_slice(start, end)
+            known_end = min(end, state.num_known_tokens)
+            if start < known_end:
+                input_ids += state.token_slice(start, known_end)
+            for p in range(max(start, known_end), end):
+                source, row = state.pending[p - state.num_known_tokens]
+                pending_rows.append((len(input_ids), source, row))
+                input_ids.append(0)
             positions += range(start, end)
             slot_mapping += [state.block_ids[p // bs] * bs + p % bs for p in range(start, end)]
             query_start_loc.append(query_start_loc[-1] + n)
@@ -170,14 +197,32 @@ class InputBatch:
         width = max(len(table) for table in block_tables)
         padded = [table + [0] * (width - len(table)) for table in block_tables]
 
-        def tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+        # Two host->device copies per step: one int64 and one int32 buffer, split into views.
+        longs = _to_device([input_ids, positions, slot_mapping, logits_indices], torch.int64, device)
+        ints = _to_device([query_start_loc, seq_lens, [t for row in padded for t in row]],
+                          torch.int32, device)
+        ids, positions_t, slots, logits_indices_t = longs
+        qsl, lens, tables = ints
+        if pending_rows:
+            dst, src_rows, sources = [], [], []
+            for dst_row, source, src_row in pending_rows:
+                dst.append(dst_row)
+                src_rows.append(src_row)
+                sources.append(source)
+            if all(src is sources[0] for src in sources):
+                gathered = sources[0][torch.tensor(src_rows).to(device, non_blocking=True)]
+            else:
+                gathered = torch.stack([src[r] for src, r in zip(sources, src_rows)])
+            ids[torch.tensor(dst).to(device, non_blocking=True)] = gathered
+        metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=qsl, seq_lens=lens,
+                                     block_tables=tables.view(len(padded), width),
+                                     max_query_len=max(n for _, n in scheduled))
+        return ModelInputs(ids, positions_t, metadata, logits_indices_t, sampling_requests,
+                           is_decode=len(input_ids) == len(scheduled))
 
-        metadata = AttentionMetadata(
-            slot_mapping=tensor(slot_mapping, torch.int64),
-            query_start_loc=tensor(query_start_loc, torch.int32),
-            seq_lens=tensor(seq_lens, torch.int32),
-            block_tables=tensor(padded, torch.int32),
-        )
-        return ModelInputs(tensor(input_ids, torch.int64), tensor(positions, torch.int64), metadata,
-                           tensor(logits_indices, torch.int64), sampling_requests)
+
+def _to_device(lists: list[list[int]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """Concatenate int lists into one host tensor, copy it once, and return per-list views."""
+    host = torch.tensor([v for values in lists for v in values], dtype=dtype)
+    flat = host.to(device, non_blocking=True) if device.type != "cpu" else host
+    return list(flat.split([len(values) for values in lists]))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 
 import torch
 
 from services.common.sampling import SamplingParams
 from services.common.step import CacheSpec, SampledToken, StepPlan, StepResult
+from services.worker.cuda_graphs import DecodeGraphs
 from services.worker.config import WorkerConfig, resolve_device, resolve_dtype, resolve_max_model_len
 from services.worker.input_batch import InputBatch, ModelInputs, RequestState
 from services.worker.kv_cache import (
@@ -27,9 +29,29 @@ from services.worker.kv_cache import (
 )
 from services.worker.loader import load_model
 from services.worker.model_config import ModelConfig
-from services.worker.sampler import SamplerOutput, SamplingBatch, sample
+from services.worker.sampler import (SampleTensors, SamplingBatch, sample, sample_tensors,
+                                     to_output)
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepHandle:
+    """A launched step: what its finish needs once the device is done."""
+
+    step_id: int
+    sampling_requests: list[RequestState] = field(default_factory=list)
+    batch: SamplingBatch | None = None
+    device_ids: torch.Tensor | None = None  # [S] sampled ids on the device (pending tokens)
+    host: SampleTensors | None = None  # the same, being copied to the CPU
+    event: torch.cuda.Event | None = None  # recorded after the step's last kernel (CUDA)
+    result: StepResult | None = None  # set by finish
+
+
+def _needs_history(sampling: SamplingParams) -> bool:
+    """Sampling that reads the request's exact output so far (so pending tokens must be known)."""
+    blocks_stops = sampling.min_tokens > 0 and (sampling.stop_token_ids or not sampling.ignore_eos)
+    return sampling.needs_penalties or blocks_stops or (sampling.seed is not None and not sampling.greedy)
 
 
 class ModelRunner:
@@ -48,6 +70,13 @@ class ModelRunner:
         bind_kv_cache(self.model, self.kv_cache)
         self.input_batch = InputBatch(config.block_size, self.num_blocks, self.max_model_len,
                                       config.max_num_batched_tokens, self.model_config.vocab_size)
+        self._inflight: list[StepHandle] = []  # launched, not yet finished, oldest first
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self.graphs = DecodeGraphs(self.model, min(config.max_graph_batch_size,
+                                                       config.max_num_batched_tokens),
+                                       -(-self.max_model_len // config.block_size), self.device)
+            self.graphs.capture()
         logger.info("model %s (%s) on %s in %s: %d KV blocks of %d tokens, max_model_len %d",
                     config.model, self.model_config.architecture, self.device, self.dtype, self.num_blocks,
                     config.block_size, self.max_model_len)
@@ -68,38 +97,80 @@ class ModelRunner:
 
     def reset(self) -> None:
         """Forget every request (e.g. when a new scheduler connects); the cache contents become garbage."""
+        for handle in self._inflight:
+            self.wait(handle)
+        self._inflight.clear()
         self.input_batch.requests.clear()
 
     def execute(self, plan: StepPlan) -> StepResult:
-        """Run one step. Raises InvalidArgument/FailedPrecondition (state unchanged) for a bad plan.
+        """Run one step to completion. Raises InvalidArgument/FailedPrecondition (state unchanged)
+        for a bad plan. Any other exception (e.g. out of memory) leaves request state undefined:
+        `reset` and have the scheduler resend its requests."""
+        return self.finish(self.launch(plan))
 
-        Any other exception (e.g. out of memory) leaves request state undefined: `reset` and have
-        the scheduler resend its requests.
-        """
+    def launch(self, plan: StepPlan) -> StepHandle:
+        """Queue one step's GPU work and return without waiting for it. A later step may be
+        launched before this one is finished: its requests' newest tokens are read on the device."""
         scheduled = self.input_batch.update(plan)
-        result = StepResult(step_id=plan.step_id)
+        handle = StepHandle(plan.step_id)
         if not scheduled:
-            return result
+            return handle
+        if any(_needs_history(st.sampling) and st.pending for st, _ in scheduled):
+            for earlier in list(self._inflight):  # penalties/seeds/min_tokens count known tokens
+                self.finish(earlier)
         inputs = self.input_batch.prepare(scheduled, self.device)
-        out = self._forward_and_sample(inputs)
-        rows = zip(inputs.sampling_requests, out.token_ids, out.logprobs, out.top_logprobs, strict=True)
-        result.sampled = [SampledToken(st.request_id, token_id, logprob, top)
-                          for st, token_id, logprob, top in rows]
-        self.input_batch.commit(scheduled, {s.request_id: s.token_id for s in result.sampled})
+        handle.sampling_requests = inputs.sampling_requests
+        with torch.inference_mode():
+            logits = self._logits(inputs)
+            if inputs.sampling_requests:
+                requests = inputs.sampling_requests
+                handle.batch = SamplingBatch.build(
+                    [st.sampling for st in requests], [st.prompt_token_ids for st in requests],
+                    [st.output_token_ids for st in requests], self.model_config.eos_token_ids,
+                    self.model_config.vocab_size, self.device)
+                tensors = sample_tensors(logits, handle.batch)
+                handle.device_ids = tensors.token_ids
+                handle.host = tensors.to_host()
+        if self.device.type == "cuda":
+            handle.event = torch.cuda.Event()
+            handle.event.record()
+        self.input_batch.advance(scheduled, inputs.sampling_requests, handle.device_ids)
+        self._inflight.append(handle)
+        return handle
+
+    @staticmethod
+    def wait(handle: StepHandle) -> None:
+        """Block until the step's GPU work is done (releases the GIL; callable from any thread)."""
+        if handle.event is not None:
+            handle.event.synchronize()
+
+    def finish(self, handle: StepHandle) -> StepResult:
+        """The step's sampled ids; its pending tokens become known. Idempotent."""
+        if handle.result is not None:
+            return handle.result
+        self.wait(handle)
+        result = StepResult(step_id=handle.step_id)
+        if handle.sampling_requests:
+            out = to_output(handle.host, handle.batch)
+            self.input_batch.resolve(handle.device_ids, out.token_ids)
+            rows = zip(handle.sampling_requests, out.token_ids, out.logprobs, out.top_logprobs, strict=True)
+            result.sampled = [SampledToken(st.request_id, token_id, logprob, top)
+                              for st, token_id, logprob, top in rows]
+        if handle in self._inflight:
+            self._inflight.remove(handle)
+        handle.result = result
         return result
 
-    @torch.inference_mode()
-    def _forward_and_sample(self, inputs: ModelInputs) -> SamplerOutput:
+    def _logits(self, inputs: ModelInputs) -> torch.Tensor:
+        """Logits `[S, V]` of the sampling rows; decode batches replay a CUDA graph when one fits."""
+        if self.graphs is not None and inputs.is_decode and \
+                self.graphs.bucket_for(inputs.input_ids.shape[0]) is not None:
+            logits = self.graphs.run(inputs.input_ids, inputs.positions, inputs.metadata)  # [B, V]
+            if len(inputs.sampling_requests) == logits.shape[0]:
+                return logits
+            return logits[inputs.logits_indices]
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata)  # [T, H]
-        requests = inputs.sampling_requests
-        if not requests:
-            return SamplerOutput(token_ids=[], logprobs=[], top_logprobs=[])
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [S, V]
-        batch = SamplingBatch.build(
-            [st.sampling for st in requests], [st.prompt_token_ids for st in requests],
-            [st.output_token_ids for st in requests], self.model_config.eos_token_ids,
-            self.model_config.vocab_size, self.device)
-        return sample(logits, batch)
+        return self.model.compute_logits(hidden[inputs.logits_indices])  # [S, V]
 
     def _size_kv_cache(self) -> int:
         """Blocks to allocate: fixed, from the CPU budget, or (CUDA) what is left after a profile run."""
@@ -134,7 +205,12 @@ class ModelRunner:
             torch.cuda.reset_peak_memory_stats(self.device)
         baseline = torch.cuda.memory_allocated(self.device) if on_cuda else 0
         inputs = batch.prepare([(st, len(st.prompt_token_ids)) for st in states], self.device)
-        self._forward_and_sample(inputs)
+        with torch.inference_mode():
+            logits = self._logits(inputs)
+            sample(logits, SamplingBatch.build(
+                [st.sampling for st in states], [st.prompt_token_ids for st in states],
+                [st.output_token_ids for st in states], self.model_config.eos_token_ids,
+                self.model_config.vocab_size, self.device))
         peak = 0
         if on_cuda:
             torch.cuda.synchronize(self.device)

@@ -221,8 +221,28 @@ def exponential_race(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor
     return (logits - q.clamp_min_(torch.finfo(q.dtype).tiny).log_()).argmax(dim=-1)
 
 
-def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
-    """One token per row of `logits` [B, V] (any float dtype; computed in float32); B, V match `batch`."""
+@dataclass
+class SampleTensors:
+    """A step's samples before they reach the host: S rows, on one device (or copied to the CPU)."""
+
+    token_ids: torch.Tensor  # [S] long
+    logprobs: torch.Tensor | None  # [S] f32, raw logprob of token_ids, when some row asks
+    top_values: torch.Tensor | None  # [S, n] f32, when some row asks for n > 0
+    top_ids: torch.Tensor | None  # [S, n] long
+
+    def to_host(self) -> "SampleTensors":
+        """Start copying to the CPU without waiting; valid once the device reaches this point."""
+        def copy(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None or t.device.type == "cpu":
+                return t
+            return t.to("cpu", non_blocking=True)
+        return SampleTensors(copy(self.token_ids), copy(self.logprobs), copy(self.top_values),
+                             copy(self.top_ids))
+
+
+def sample_tensors(logits: torch.Tensor, batch: SamplingBatch) -> SampleTensors:
+    """One token per row of `logits` [B, V] (any float dtype; computed in float32), on the device,
+    with no host synchronisation except a seeded row's generator set-up."""
     num_rows = len(batch.num_logprobs)
     assert logits.shape == (num_rows, batch.vocab_size), f"logits {tuple(logits.shape)} != {num_rows} rows"
     x = process_logits(logits, batch)
@@ -234,16 +254,32 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         if batch.use_min_p:
             x = apply_min_p(x, batch)
         token_ids = torch.where(batch.greedy, token_ids, exponential_race(x, batch))
-    logprobs: list[float | None] = [None] * num_rows
-    top: list[list[tuple[int, float]]] = [[] for _ in range(num_rows)]
+    chosen = top_values = top_ids = None
     if batch.max_logprobs >= 0:
         raw = logits.float().log_softmax(dim=-1)  # [B, V]
-        chosen = raw.gather(1, token_ids[:, None]).squeeze(1).tolist()
+        chosen = raw.gather(1, token_ids[:, None]).squeeze(1)
         if batch.max_logprobs > 0:
-            top_values, top_ids = (t.tolist() for t in raw.topk(batch.max_logprobs, dim=-1))
+            top_values, top_ids = raw.topk(batch.max_logprobs, dim=-1)
+    return SampleTensors(token_ids, chosen, top_values, top_ids)
+
+
+def to_output(tensors: SampleTensors, batch: SamplingBatch) -> SamplerOutput:
+    """Python lists of a step's samples (reading device tensors waits for the device)."""
+    num_rows = len(batch.num_logprobs)
+    logprobs: list[float | None] = [None] * num_rows
+    top: list[list[tuple[int, float]]] = [[] for _ in range(num_rows)]
+    if tensors.logprobs is not None:
+        chosen = tensors.logprobs.tolist()
+        if tensors.top_values is not None:
+            top_values, top_ids = tensors.top_values.tolist(), tensors.top_ids.tolist()
         for row, n in enumerate(batch.num_logprobs):
             if n is not None:
                 logprobs[row] = chosen[row]
             if n:
                 top[row] = list(zip(top_ids[row][:n], top_values[row][:n]))
-    return SamplerOutput(token_ids=token_ids.tolist(), logprobs=logprobs, top_logprobs=top)
+    return SamplerOutput(token_ids=tensors.token_ids.tolist(), logprobs=logprobs, top_logprobs=top)
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+    """One token per row of `logits` [B, V]; B, V match `batch`."""
+    return to_output(sample_tensors(logits, batch), batch)

@@ -10,6 +10,7 @@ from services.common.metrics import serve_metrics
 from services.common.pb import worker_pb2, worker_pb2_grpc
 from services.common.rpc import GrpcServer, ServerAddress, full_name
 from services.worker.config import WorkerConfig
+from services.worker.executor import StepExecutor
 from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger(__name__)
@@ -24,21 +25,21 @@ class WorkerServiceConfig:
 async def serve(config: WorkerServiceConfig, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     serve_metrics(config.address.host, config.address.metrics_port)
-    servicer = WorkerServicer()
+    executor = StepExecutor()
+    servicer = WorkerServicer(executor)
     server = GrpcServer(config.address, [full_name(worker_pb2, "Worker")])
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server.server)
     await server.start()
     log.info("worker listening on %s:%d, loading %s", config.address.host, server.port,
              config.worker.model)
     from services.worker.model_runner import ModelRunner
-    servicer.runner = await asyncio.get_running_loop().run_in_executor(
-        servicer.executor, ModelRunner, config.worker)
+    await executor.load(ModelRunner, config.worker)
     await server.set_serving(True)
-    log.info("worker serving: %s", servicer.runner.cache_spec())
+    log.info("worker serving: %s", executor.runner.cache_spec())
     if ready:
         ready.set()
     try:
         await (stop.wait() if stop else asyncio.Event().wait())
     finally:
         await server.stop(grace=2.0)
-        servicer.executor.shutdown(wait=False)
+        executor.close()

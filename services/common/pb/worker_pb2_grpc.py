@@ -46,6 +46,11 @@ class WorkerStub:
                 request_serializer=sluice_dot_v1_dot_worker__pb2.StepRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_worker__pb2.StepResponse.FromString,
                 _registered_method=True)
+        self.Steps = channel.stream_stream(
+                '/sluice.v1.Worker/Steps',
+                request_serializer=sluice_dot_v1_dot_worker__pb2.StepRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_worker__pb2.StepResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -66,6 +71,15 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Steps(self, request_iterator, context):
+        """/ The scheduler's step pipeline: steps are executed in the order sent and answered in that
+        / order. The scheduler may send step N+1 before step N's answer arrives (overlapped
+        / scheduling); the worker then prepares N+1 while the GPU computes N.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_WorkerServicer_to_server(servicer, server):
             ),
             'Step': grpc.unary_unary_rpc_method_handler(
                     servicer.Step,
+                    request_deserializer=sluice_dot_v1_dot_worker__pb2.StepRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_worker__pb2.StepResponse.SerializeToString,
+            ),
+            'Steps': grpc.stream_stream_rpc_method_handler(
+                    servicer.Steps,
                     request_deserializer=sluice_dot_v1_dot_worker__pb2.StepRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_worker__pb2.StepResponse.SerializeToString,
             ),
@@ -133,6 +152,33 @@ class Worker:
             request,
             target,
             '/sluice.v1.Worker/Step',
+            sluice_dot_v1_dot_worker__pb2.StepRequest.SerializeToString,
+            sluice_dot_v1_dot_worker__pb2.StepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Steps(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sluice.v1.Worker/Steps',
             sluice_dot_v1_dot_worker__pb2.StepRequest.SerializeToString,
             sluice_dot_v1_dot_worker__pb2.StepResponse.FromString,
             options,

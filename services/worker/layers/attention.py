@@ -22,6 +22,7 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor  # [B+1] int32, sequence b's tokens are rows [b] .. [b+1]
     seq_lens: torch.Tensor  # [B] int32, context length of each sequence including the new tokens
     block_tables: torch.Tensor  # [B, max_blocks] int32, zero-padded
+    max_query_len: int = 0  # most new tokens of one sequence (1: a decode-only batch); 0 = unknown
 
 
 class Attention(nn.Module):

@@ -1,0 +1,196 @@
+"""Triton paged decode attention vs the torch reference (TRITON_INTERPRET=1 without a GPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import attention
+from kernels.attention_ref import paged_attention
+from kernels.decode_attention import alloc_workspace, choose_num_splits, decode_attention_fwd
+from tests.kernels.attention_inputs import assert_attention_close, build_paged_batch
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+HEADS = {"mha": (2, 2), "gqa4": (4, 1)}
+CPU_CONFIG = (16, 4, 1)  # BLOCK_N = 16 spans several 4-token blocks; small tiles keep the interpreter fast
+# Length 1, a multiple of the block size, ragged lengths, and more splits than tokens.
+CPU_SEQ_LENS = [1, 16, 19, 45]
+
+
+def reference(batch, scale):
+    return paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.query_start_loc, batch.seq_lens,
+                           batch.block_tables, scale)
+
+
+def run_decode(batch, scale, num_splits, config=None, **kwargs):
+    out = torch.full_like(batch.query, float("nan"))
+    decode_attention_fwd(batch.query, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens, scale,
+                         num_splits, out, config=config, **kwargs)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads", list(HEADS.values()), ids=list(HEADS))
+@pytest.mark.parametrize("block_size", [4, 16])
+@pytest.mark.parametrize("num_splits", [1, 6])
+def test_decode_matches_reference(num_splits, block_size, heads, dtype):
+    num_heads, num_kv_heads = heads
+    batch = build_paged_batch(CPU_SEQ_LENS, [1] * len(CPU_SEQ_LENS), num_heads, num_kv_heads, 16, block_size,
+                              dtype, seed=num_splits + block_size)
+    out = run_decode(batch, 0.25, num_splits, CPU_CONFIG)
+    assert_attention_close(out, reference(batch, 0.25))
+
+
+def test_decode_head_dim_32_strided_query_and_output():
+    """Query and output as views into wider rows (as from a fused qkv projection)."""
+    num_heads, num_kv_heads, head_dim = 4, 2, 32
+    batch = build_paged_batch([3, 30], [1, 1], num_heads, num_kv_heads, head_dim, 8, torch.float16, seed=3)
+    wide = torch.randn(2, num_heads + 2, head_dim, dtype=torch.float16)
+    wide[:, 1:1 + num_heads] = batch.query
+    query = wide[:, 1:1 + num_heads]
+    out_rows = torch.full((2, 2 * num_heads, head_dim), float("nan"), dtype=torch.float16)
+    out = out_rows[:, :num_heads]
+    decode_attention_fwd(query, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens, 0.2, 3, out,
+                         config=CPU_CONFIG)
+    assert_attention_close(out, reference(batch, 0.2))
+    assert out_rows[:, num_heads:].isnan().all(), "wrote outside the output view"
+
+
+def test_decode_shared_workspace_and_empty_sequence():
+    """A workspace for a larger batch serves a smaller one; seq_len 0 (a padded slot) gives zeros."""
+    batch = build_paged_batch([5, 33], [1, 1], 4, 2, 16, 4, torch.float32, seed=5)
+    workspace = alloc_workspace(8, 4, 16, 4, torch.device("cpu"))
+    workspace[0].fill_(float("nan"))
+    workspace[1].fill_(float("nan"))
+    out = run_decode(batch, 0.25, 4, CPU_CONFIG, workspace=workspace)
+    assert_attention_close(out, reference(batch, 0.25))
+
+    padded = torch.tensor([0, 33], dtype=torch.int32)
+    out = torch.full_like(batch.query, float("nan"))
+    decode_attention_fwd(batch.query, batch.k_cache, batch.v_cache, batch.block_tables, padded, 0.25, 4, out,
+                         workspace, CPU_CONFIG)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert_attention_close(out[1:], reference(batch, 0.25)[1:])
+
+
+def test_choose_num_splits():
+    assert choose_num_splits(256, 8, 4096, 132) == 1
+    assert choose_num_splits(64, 8, 4096, 132) == 3
+    assert choose_num_splits(1, 8, 16384, 132) == 64
+    assert choose_num_splits(1, 8, 300, 132) == 2  # each split keeps >= 128 tokens
+    assert choose_num_splits(4, 8, 1, 132) == 1
+
+
+def test_launch_asserts():
+    batch = build_paged_batch([5], [1], 4, 2, 16, 4, torch.float32)
+    args = (batch.query, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens, 0.25, 2)
+    out = torch.empty_like(batch.query)
+    with pytest.raises(AssertionError):  # dtype mismatch
+        decode_attention_fwd(batch.query.half(), *args[1:], out.half())
+    with pytest.raises(AssertionError):  # int64 block tables
+        decode_attention_fwd(*args[:3], batch.block_tables.long(), *args[4:], out)
+    with pytest.raises(AssertionError):  # head_dim not a power of two
+        decode_attention_fwd(batch.query[..., :12], batch.k_cache[..., :12], batch.v_cache[..., :12],
+                             *args[3:], out[..., :12])
+    with pytest.raises(AssertionError):  # non-contiguous head dim
+        strided = torch.repeat_interleave(batch.query, 2, dim=2)[..., ::2]
+        decode_attention_fwd(strided, *args[1:], out)
+
+
+def test_dispatcher_cpu_uses_reference_and_backend_switch(monkeypatch):
+    batch = build_paged_batch(CPU_SEQ_LENS, [1] * len(CPU_SEQ_LENS), 4, 1, 16, 4, torch.bfloat16)
+    expected = reference(batch, 0.25)
+    args = (batch.query, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens, 0.25, 2)
+    monkeypatch.delenv("SLUICE_ATTENTION_BACKEND", raising=False)
+    assert torch.equal(attention.decode_attention(*args), expected)
+    monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "triton")
+    assert_attention_close(attention.decode_attention(*args), expected)
+    monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "torch")
+    out = torch.full_like(batch.query, float("nan"))
+    assert attention.decode_attention(*args, out=out) is out and torch.equal(out, expected)
+
+
+# --- GPU: realistic shapes, default configs -------------------------------------------------------
+
+GPU_HEADS = {"llama3_8b": (32, 8, 128), "mha_d64": (16, 16, 64), "gqa4_d64": (16, 4, 64)}
+GPU_SEQ_LENS = [1, 2, 15, 16, 17, 63, 64, 65, 200, 1000, 2047, 3000]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads", list(GPU_HEADS.values()), ids=list(GPU_HEADS))
+@pytest.mark.parametrize("block_size", [16, 32, 64])
+def test_gpu_decode_matches_reference(block_size, heads, dtype):
+    num_heads, num_kv_heads, head_dim = heads
+    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    check_gpu_decode(num_heads, num_kv_heads, head_dim, block_size, dtype,
+                     choose_num_splits(len(GPU_SEQ_LENS), num_kv_heads, 4096, num_sms))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_splits", [1, 7, 64])
+def test_gpu_decode_num_splits(num_splits):
+    check_gpu_decode(32, 8, 128, 16, torch.bfloat16, num_splits)
+
+
+def check_gpu_decode(num_heads, num_kv_heads, head_dim, block_size, dtype, num_splits):
+    batch = build_paged_batch(GPU_SEQ_LENS, [1] * len(GPU_SEQ_LENS), num_heads, num_kv_heads, head_dim,
+                              block_size, dtype, device="cuda", seed=block_size + num_splits)
+    scale = head_dim ** -0.5
+    out = run_decode(batch, scale, num_splits)
+    assert_attention_close(out, reference(batch, scale))
+
+
+@pytest.mark.gpu
+def test_gpu_decode_cuda_graph_replay_with_new_metadata():
+    """Captured once; replays see new seq_lens and block tables in the same buffers."""
+    num_heads, num_kv_heads, head_dim, block_size = 32, 8, 128, 16
+    first = build_paged_batch([100, 7, 513, 1], [1] * 4, num_heads, num_kv_heads, head_dim, block_size,
+                              torch.bfloat16, device="cuda", seed=1)
+    second = build_paged_batch([1, 900, 33, 2048], [1] * 4, num_heads, num_kv_heads, head_dim, block_size,
+                               torch.bfloat16, device="cuda", seed=2)
+    num_blocks = max(first.k_cache.shape[0], second.k_cache.shape[0])
+    k_cache = torch.zeros(num_blocks, block_size, num_kv_heads, head_dim, dtype=torch.bfloat16, device="cuda")
+    v_cache = torch.zeros_like(k_cache)
+    width = max(first.block_tables.shape[1], second.block_tables.shape[1])
+    query = torch.empty_like(first.query)
+    tables = torch.zeros(4, width, dtype=torch.int32, device="cuda")
+    seq_lens = torch.empty(4, dtype=torch.int32, device="cuda")
+    out = torch.empty_like(query)
+    workspace = alloc_workspace(4, num_heads, head_dim, 16, torch.device("cuda"))
+
+    def load(batch):
+        k_cache.zero_()
+        v_cache.zero_()
+        k_cache[:batch.k_cache.shape[0]].copy_(batch.k_cache)
+        v_cache[:batch.v_cache.shape[0]].copy_(batch.v_cache)
+        tables.zero_()
+        tables[:, :batch.block_tables.shape[1]].copy_(batch.block_tables)
+        seq_lens.copy_(batch.seq_lens)
+        query.copy_(batch.query)
+
+    def step():
+        decode_attention_fwd(query, k_cache, v_cache, tables, seq_lens, head_dim ** -0.5, 16, out, workspace)
+
+    load(first)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for batch in (first, second):
+        load(batch)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_attention_close(out, reference(batch, head_dim ** -0.5))
