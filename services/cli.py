@@ -39,6 +39,10 @@ def _add_worker_flags(p: argparse.ArgumentParser, own_budget: bool = True) -> No
                    help="fraction of GPU memory for weights + activations + KV cache")
     g.add_argument("--max-model-len", type=int, default=None, help="cap on prompt + output tokens")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="CUDA: run decode eagerly instead of replaying CUDA graphs")
+    g.add_argument("--max-graph-batch-size", type=int, default=256,
+                   help="CUDA: largest decode batch captured in a CUDA graph")
 
 
 def _add_scheduler_flags(p: argparse.ArgumentParser) -> None:
@@ -48,6 +52,8 @@ def _add_scheduler_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-waiting-requests", type=int, default=4096,
                    help="queue length past which requests get RESOURCE_EXHAUSTED")
     g.add_argument("--no-prefix-caching", action="store_true")
+    g.add_argument("--pipeline-depth", type=int, default=2, choices=[1, 2],
+                   help="steps in flight: 2 overlaps scheduling with the worker's step")
 
 
 def _ports(p: argparse.ArgumentParser, service: str) -> None:
@@ -103,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stop", action="append", default=[])
         p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
 
+    from benchmarks.serve import add_arguments
+    add_arguments(sub.add_parser("bench", help="serving benchmark (TTFT, TPOT, ITL, throughput)"))
+
     p = sub.add_parser("demo-model", help="write the built-in demo model to a directory")
     p.add_argument("dir")
     return parser
@@ -122,7 +131,8 @@ def _worker_config(args):
         block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
         kv_cache_memory_bytes=int(args.kv_cache_memory * (1 << 30)),
         gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
-        max_num_batched_tokens=args.max_num_batched_tokens, seed=args.seed)
+        max_num_batched_tokens=args.max_num_batched_tokens, seed=args.seed,
+        enforce_eager=args.enforce_eager, max_graph_batch_size=args.max_graph_batch_size)
 
 
 def _scheduler_config(args):
@@ -130,7 +140,8 @@ def _scheduler_config(args):
     return SchedulerConfig(max_num_seqs=args.max_num_seqs,
                            max_num_batched_tokens=args.max_num_batched_tokens,
                            max_waiting_requests=args.max_waiting_requests,
-                           enable_prefix_caching=not args.no_prefix_caching)
+                           enable_prefix_caching=not args.no_prefix_caching,
+                           pipeline_depth=args.pipeline_depth)
 
 
 def _run_service(serve_coro_factory) -> int:
@@ -159,9 +170,10 @@ def _forward(args, names: list[str]) -> list[str]:
 
 
 WORKER_FLAGS = ["dtype", "device", "load_format", "block_size", "num_kv_blocks", "kv_cache_memory",
-                "gpu_memory_utilization", "max_model_len", "seed", "max_num_batched_tokens"]
+                "gpu_memory_utilization", "max_model_len", "seed", "max_num_batched_tokens",
+                "enforce_eager", "max_graph_batch_size"]
 SCHEDULER_FLAGS = ["max_num_seqs", "max_num_batched_tokens", "max_waiting_requests",
-                   "no_prefix_caching"]
+                   "no_prefix_caching", "pipeline_depth"]
 
 
 def cmd_serve(args) -> int:
@@ -270,7 +282,12 @@ def cmd_demo_model(args) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "worker": cmd_worker, "scheduler": cmd_scheduler,
+def cmd_bench(args) -> int:
+    from benchmarks.serve import run
+    return run(args)
+
+
+COMMANDS = {"bench": cmd_bench, "serve": cmd_serve, "worker": cmd_worker, "scheduler": cmd_scheduler,
             "tokenizer": cmd_tokenizer, "generate": cmd_generate, "chat": cmd_chat,
             "demo-model": cmd_demo_model}
 

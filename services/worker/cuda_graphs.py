@@ -31,8 +31,9 @@ def batch_buckets(max_batch_size: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int,
-                 device: torch.device):
+                 max_seq_len: int, device: torch.device):
         self.model = model
+        self.max_seq_len = max_seq_len  # decode splits are fixed per graph for this bound
         self.device = device
         self.buckets = batch_buckets(max_batch_size)
         n = self.buckets[-1]
@@ -49,7 +50,8 @@ class DecodeGraphs:
         return AttentionMetadata(slot_mapping=self.slot_mapping[:batch],
                                  query_start_loc=self.query_start_loc[:batch + 1],
                                  seq_lens=self.seq_lens[:batch],
-                                 block_tables=self.block_tables[:batch], max_query_len=1)
+                                 block_tables=self.block_tables[:batch], max_query_len=1,
+                                 max_seq_len=self.max_seq_len)
 
     def _forward(self, batch: int) -> torch.Tensor:
         hidden = self.model(self.input_ids[:batch], self.positions[:batch], self._metadata(batch))

@@ -216,7 +216,8 @@ class InputBatch:
             ids[torch.tensor(dst).to(device, non_blocking=True)] = gathered
         metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=qsl, seq_lens=lens,
                                      block_tables=tables.view(len(padded), width),
-                                     max_query_len=max(n for _, n in scheduled))
+                                     max_query_len=max(n for _, n in scheduled),
+                                     max_seq_len=max(seq_lens))
         return ModelInputs(ids, positions_t, metadata, logits_indices_t, sampling_requests,
                            is_decode=len(input_ids) == len(scheduled))
 

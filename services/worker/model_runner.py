@@ -59,6 +59,9 @@ class ModelRunner:
         self.config = config
         torch.manual_seed(config.seed)
         self.device = resolve_device(config)
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            # Leave a core to the event loop: spinning OpenMP threads otherwise starve it (10x).
+            torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
         self.model_config = ModelConfig.from_hf(config.model)
         self.dtype = resolve_dtype(config, self.model_config.torch_dtype, self.device)
         self.max_model_len = resolve_max_model_len(config, self.model_config)
@@ -72,10 +75,12 @@ class ModelRunner:
                                       config.max_num_batched_tokens, self.model_config.vocab_size)
         self._inflight: list[StepHandle] = []  # launched, not yet finished, oldest first
         self.graphs: DecodeGraphs | None = None
-        if self.device.type == "cuda" and not config.enforce_eager:
+        torch_backend = "torch" in (os.environ.get("SLUICE_ATTENTION_BACKEND"), os.environ.get("SLUICE_KERNELS"))
+        if self.device.type == "cuda" and not config.enforce_eager and not torch_backend:
             self.graphs = DecodeGraphs(self.model, min(config.max_graph_batch_size,
                                                        config.max_num_batched_tokens),
-                                       -(-self.max_model_len // config.block_size), self.device)
+                                       -(-self.max_model_len // config.block_size),
+                                       self.max_model_len, self.device)
             self.graphs.capture()
         logger.info("model %s (%s) on %s in %s: %d KV blocks of %d tokens, max_model_len %d",
                     config.model, self.model_config.architecture, self.device, self.dtype, self.num_blocks,

@@ -26,7 +26,7 @@ def check_result(result: dict) -> None:
     for key in ("request_throughput", "output_throughput", "total_token_throughput", "mean_ttft_ms",
                 "mean_tpot_ms", "mean_itl_ms", "mean_e2el_ms", "p99_e2el_ms", "mean_decode_tok_per_s"):
         assert result[key] > 0, key
-    for ttft, e2el, itls in zip(d["ttfts_s"], d["e2els_s"], d["itls_s"]):
+    for ttft, e2el, itls in zip(d["ttfts_s"], d["e2els_s"], d["itls_s"], strict=True):
         assert 0 < ttft <= e2el and sum(itls) == pytest.approx(e2el - ttft)
 
 

@@ -12,6 +12,8 @@ import torch
 
 from kernels.attention_ref import write_kv
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter runs Triton on the CPU
+
 # Elementwise (atol = rtol) and relative-norm tolerances vs the float32 reference.
 TOLERANCE = {torch.float32: (1e-4, 1e-5), torch.float16: (4e-3, 2e-3), torch.bfloat16: (3e-2, 1e-2)}
 
@@ -30,7 +32,7 @@ class PagedBatch:
 
 
 def build_paged_batch(seq_lens: list[int], query_lens: list[int], num_heads: int, num_kv_heads: int,
-                      head_dim: int, block_size: int, dtype: torch.dtype, device: str = "cpu",
+                      head_dim: int, block_size: int, dtype: torch.dtype, device: str = DEVICE,
                       seed: int = 0) -> PagedBatch:
     """Random K/V for every context token written into blocks taken in shuffled order."""
     gen = torch.Generator().manual_seed(seed)

@@ -7,13 +7,13 @@ import torch
 from kernels import attention
 from kernels.attention_ref import paged_attention
 from kernels.decode_attention import alloc_workspace, choose_num_splits, decode_attention_fwd
-from tests.kernels.attention_inputs import assert_attention_close, build_paged_batch
+from tests.kernels.attention_inputs import DEVICE, assert_attention_close, build_paged_batch
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HEADS = {"mha": (2, 2), "gqa4": (4, 1)}
-CPU_CONFIG = (16, 4, 1)  # BLOCK_N = 16 spans several 4-token blocks; small tiles keep the interpreter fast
+SMALL_CONFIG = (16, 4, 1)  # BLOCK_N = 16 spans several 4-token blocks; small tiles keep the interpreter fast
 # Length 1, a multiple of the block size, ragged lengths, and more splits than tokens.
-CPU_SEQ_LENS = [1, 16, 19, 45]
+SMALL_SEQ_LENS = [1, 16, 19, 45]
 
 
 def reference(batch, scale):
@@ -42,9 +42,9 @@ def single_torch_thread():
 @pytest.mark.parametrize("num_splits", [1, 6])
 def test_decode_matches_reference(num_splits, block_size, heads, dtype):
     num_heads, num_kv_heads = heads
-    batch = build_paged_batch(CPU_SEQ_LENS, [1] * len(CPU_SEQ_LENS), num_heads, num_kv_heads, 16, block_size,
-                              dtype, seed=num_splits + block_size)
-    out = run_decode(batch, 0.25, num_splits, CPU_CONFIG)
+    batch = build_paged_batch(SMALL_SEQ_LENS, [1] * len(SMALL_SEQ_LENS), num_heads, num_kv_heads, 16,
+                              block_size, dtype, seed=num_splits + block_size)
+    out = run_decode(batch, 0.25, num_splits, SMALL_CONFIG)
     assert_attention_close(out, reference(batch, 0.25))
 
 
@@ -52,13 +52,13 @@ def test_decode_head_dim_32_strided_query_and_output():
     """Query and output as views into wider rows (as from a fused qkv projection)."""
     num_heads, num_kv_heads, head_dim = 4, 2, 32
     batch = build_paged_batch([3, 30], [1, 1], num_heads, num_kv_heads, head_dim, 8, torch.float16, seed=3)
-    wide = torch.randn(2, num_heads + 2, head_dim, dtype=torch.float16)
+    wide = torch.randn(2, num_heads + 2, head_dim, dtype=torch.float16, device=DEVICE)
     wide[:, 1:1 + num_heads] = batch.query
     query = wide[:, 1:1 + num_heads]
-    out_rows = torch.full((2, 2 * num_heads, head_dim), float("nan"), dtype=torch.float16)
+    out_rows = torch.full((2, 2 * num_heads, head_dim), float("nan"), dtype=torch.float16, device=DEVICE)
     out = out_rows[:, :num_heads]
     decode_attention_fwd(query, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens, 0.2, 3, out,
-                         config=CPU_CONFIG)
+                         config=SMALL_CONFIG)
     assert_attention_close(out, reference(batch, 0.2))
     assert out_rows[:, num_heads:].isnan().all(), "wrote outside the output view"
 
@@ -66,16 +66,16 @@ def test_decode_head_dim_32_strided_query_and_output():
 def test_decode_shared_workspace_and_empty_sequence():
     """A workspace for a larger batch serves a smaller one; seq_len 0 (a padded slot) gives zeros."""
     batch = build_paged_batch([5, 33], [1, 1], 4, 2, 16, 4, torch.float32, seed=5)
-    workspace = alloc_workspace(8, 4, 16, 4, torch.device("cpu"))
+    workspace = alloc_workspace(8, 4, 16, 4, torch.device(DEVICE))
     workspace[0].fill_(float("nan"))
     workspace[1].fill_(float("nan"))
-    out = run_decode(batch, 0.25, 4, CPU_CONFIG, workspace=workspace)
+    out = run_decode(batch, 0.25, 4, SMALL_CONFIG, workspace=workspace)
     assert_attention_close(out, reference(batch, 0.25))
 
-    padded = torch.tensor([0, 33], dtype=torch.int32)
+    padded = torch.tensor([0, 33], dtype=torch.int32, device=DEVICE)
     out = torch.full_like(batch.query, float("nan"))
     decode_attention_fwd(batch.query, batch.k_cache, batch.v_cache, batch.block_tables, padded, 0.25, 4, out,
-                         workspace, CPU_CONFIG)
+                         workspace, SMALL_CONFIG)
     assert torch.equal(out[0], torch.zeros_like(out[0]))
     assert_attention_close(out[1:], reference(batch, 0.25)[1:])
 
@@ -104,12 +104,18 @@ def test_launch_asserts():
         decode_attention_fwd(strided, *args[1:], out)
 
 
-def test_dispatcher_cpu_uses_reference_and_backend_switch(monkeypatch):
-    batch = build_paged_batch(CPU_SEQ_LENS, [1] * len(CPU_SEQ_LENS), 4, 1, 16, 4, torch.bfloat16)
+def test_dispatcher_backends(monkeypatch):
+    """auto: Triton on CUDA, the reference on the CPU; `torch` and `triton` force one."""
+    batch = build_paged_batch(SMALL_SEQ_LENS, [1] * len(SMALL_SEQ_LENS), 4, 1, 16, 4, torch.bfloat16)
     expected = reference(batch, 0.25)
     args = (batch.query, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens, 0.25, 2)
     monkeypatch.delenv("SLUICE_ATTENTION_BACKEND", raising=False)
-    assert torch.equal(attention.decode_attention(*args), expected)
+    monkeypatch.delenv("SLUICE_KERNELS", raising=False)
+    auto = attention.decode_attention(*args)
+    if batch.query.is_cuda:
+        assert_attention_close(auto, expected)
+    else:
+        assert torch.equal(auto, expected)
     monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "triton")
     assert_attention_close(attention.decode_attention(*args), expected)
     monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "torch")
@@ -126,18 +132,17 @@ GPU_SEQ_LENS = [1, 2, 15, 16, 17, 63, 64, 65, 200, 1000, 2047, 3000]
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heads", list(GPU_HEADS.values()), ids=list(GPU_HEADS))
-@pytest.mark.parametrize("block_size", [16, 32, 64])
-def test_gpu_decode_matches_reference(block_size, heads, dtype):
+def test_gpu_decode_matches_reference(heads, dtype):
     num_heads, num_kv_heads, head_dim = heads
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
-    check_gpu_decode(num_heads, num_kv_heads, head_dim, block_size, dtype,
+    check_gpu_decode(num_heads, num_kv_heads, head_dim, 16, dtype,
                      choose_num_splits(len(GPU_SEQ_LENS), num_kv_heads, 4096, num_sms))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("num_splits", [1, 7, 64])
-def test_gpu_decode_num_splits(num_splits):
-    check_gpu_decode(32, 8, 128, 16, torch.bfloat16, num_splits)
+@pytest.mark.parametrize(("block_size", "num_splits"), [(16, 1), (16, 7), (32, 64), (64, 5)])
+def test_gpu_decode_block_sizes_and_splits(block_size, num_splits):
+    check_gpu_decode(32, 8, 128, block_size, torch.bfloat16, num_splits)
 
 
 def check_gpu_decode(num_heads, num_kv_heads, head_dim, block_size, dtype, num_splits):

@@ -11,7 +11,7 @@ from tests.kernels.attention_inputs import assert_attention_close, build_paged_b
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HEADS = {"mha": (2, 2), "gqa4": (4, 1)}
-CPU_CONFIG = (32, 16, 4, 1)  # two diagonal tiles per row block, several row blocks per sequence
+SMALL_CONFIG = (32, 16, 4, 1)  # two diagonal tiles per row block, several row blocks per sequence
 
 # (context lengths incl. new tokens, new tokens per sequence)
 SCENARIOS = {
@@ -51,7 +51,7 @@ def test_extend_matches_reference(scenario, heads, dtype):
     block_size = 4 if dtype == torch.bfloat16 else 16
     batch = build_paged_batch(seq_lens, query_lens, num_heads, num_kv_heads, 16, block_size, dtype,
                               seed=len(scenario))
-    out = run_extend(batch, 0.25, CPU_CONFIG)
+    out = run_extend(batch, 0.25, SMALL_CONFIG)
     assert_attention_close(out, reference(batch, 0.25))
 
 
@@ -70,7 +70,7 @@ def test_extend_strided_query_key_value():
     query, key, value = qkv.split([num_heads, num_kv_heads, num_kv_heads], dim=1)
     out = torch.full_like(batch.query, float("nan"))
     extend_attention_fwd(query, key, value, batch.k_cache, batch.v_cache, batch.query_start_loc,
-                         batch.seq_lens, batch.block_tables, 0.25, out, batch.max_query_len, CPU_CONFIG)
+                         batch.seq_lens, batch.block_tables, 0.25, out, batch.max_query_len, SMALL_CONFIG)
     assert_attention_close(out, reference(batch, 0.25))
 
 
@@ -89,16 +89,25 @@ def test_launch_asserts():
         extend_attention_fwd(*args, config=(48, 32, 4, 1))
 
 
-def test_dispatcher_cpu_uses_reference_and_backend_switch(monkeypatch):
+def test_dispatcher_backends(monkeypatch):
+    """auto: Triton on CUDA, the reference on the CPU; `torch` and `triton` force one."""
     seq_lens, query_lens = SCENARIOS["mixed"]
     batch = build_paged_batch(seq_lens, query_lens, 4, 1, 16, 4, torch.float16)
     expected = reference(batch, 0.25)
     args = (batch.query, batch.key, batch.value, batch.k_cache, batch.v_cache, batch.query_start_loc,
             batch.seq_lens, batch.block_tables, 0.25)
     monkeypatch.delenv("SLUICE_ATTENTION_BACKEND", raising=False)
-    assert torch.equal(attention.extend_attention(*args, max_query_len=batch.max_query_len), expected)
+    monkeypatch.delenv("SLUICE_KERNELS", raising=False)
+    auto = attention.extend_attention(*args, max_query_len=batch.max_query_len)
+    if batch.query.is_cuda:
+        assert_attention_close(auto, expected)
+    else:
+        assert torch.equal(auto, expected)
     monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "triton")
     assert_attention_close(attention.extend_attention(*args), expected)
+    monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "torch")
+    out = torch.full_like(batch.query, float("nan"))
+    assert attention.extend_attention(*args, out=out) is out and torch.equal(out, expected)
 
 
 # --- GPU: realistic shapes, default configs -------------------------------------------------------
@@ -114,9 +123,19 @@ GPU_SCENARIOS = {
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heads", list(GPU_HEADS.values()), ids=list(GPU_HEADS))
-@pytest.mark.parametrize("block_size", [16, 64])
 @pytest.mark.parametrize("scenario", sorted(GPU_SCENARIOS))
-def test_gpu_extend_matches_reference(scenario, block_size, heads, dtype):
+def test_gpu_extend_matches_reference(scenario, heads, dtype):
+    check_gpu_extend(scenario, heads, 16, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block_size", [32, 64])
+@pytest.mark.parametrize("scenario", sorted(GPU_SCENARIOS))
+def test_gpu_extend_block_sizes(scenario, block_size):
+    check_gpu_extend(scenario, GPU_HEADS["llama3_8b"], block_size, torch.bfloat16)
+
+
+def check_gpu_extend(scenario, heads, block_size, dtype):
     seq_lens, query_lens = GPU_SCENARIOS[scenario]
     num_heads, num_kv_heads, head_dim = heads
     batch = build_paged_batch(seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, dtype,

@@ -31,7 +31,7 @@ def test_rotary_matches_hf(scaling, dtype):
     positions = torch.tensor([0, 1, 7, 63, 64, 300, 511])
     q = torch.randn(len(positions), 4 * 64).to(dtype)
     k = torch.randn(len(positions), 2 * 64).to(dtype)
-    ours_q, ours_k = rope(positions, q, k)
+    ours_q, ours_k = rope(positions, q.clone(), k.clone())
     cos, sin = modeling_llama.LlamaRotaryEmbedding(hf_config)(q, positions[None])
     hf_q, hf_k = modeling_llama.apply_rotary_pos_emb(q.view(1, -1, 4, 64).transpose(1, 2),
                                                      k.view(1, -1, 2, 64).transpose(1, 2), cos, sin)
@@ -44,7 +44,7 @@ def test_partial_rotary_rotates_only_the_leading_channels():
     rope = RotaryEmbedding(head_dim, rotary_dim, max_position=32, base=base)
     positions = torch.tensor([0, 3, 31])
     x = torch.randn(3, 2 * head_dim, dtype=torch.float64).float()
-    ours, _ = rope(positions, x, x[:, :head_dim])
+    ours, _ = rope(positions, x.clone(), x[:, :head_dim].clone())
     heads, out = x.view(3, 2, head_dim), ours.view(3, 2, head_dim)
     torch.testing.assert_close(out[..., rotary_dim:], heads[..., rotary_dim:], rtol=0, atol=0)
     half = rotary_dim // 2

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from kernels.activation import silu_and_mul
 
 
 class SiluAndMul(nn.Module):
     """`[T, 2I]` (gate | up) -> `silu(gate) * up`, `[T, I]`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = x.chunk(2, dim=-1)  # [T, I] each
-        return F.silu(gate) * up
+        return silu_and_mul(x)

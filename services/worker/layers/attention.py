@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels import attention_ref
+from kernels import attention
+from kernels.kv_write import write_kv
 
 
 @dataclass
@@ -23,6 +24,7 @@ class AttentionMetadata:
     seq_lens: torch.Tensor  # [B] int32, context length of each sequence including the new tokens
     block_tables: torch.Tensor  # [B, max_blocks] int32, zero-padded
     max_query_len: int = 0  # most new tokens of one sequence (1: a decode-only batch); 0 = unknown
+    max_seq_len: int = 0  # upper bound of seq_lens (host int; sizes the decode split); 0 = unknown
 
 
 class Attention(nn.Module):
@@ -31,6 +33,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
         self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.max_seq_len_hint = 8192  # used when metadata gives no bound
+        self._num_sms: int | None = None
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:
@@ -41,7 +45,22 @@ class Attention(nn.Module):
         query = query.view(-1, self.num_heads, self.head_dim)  # [T, Hq, D]
         key = key.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         value = value.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        attention_ref.write_kv(key, value, k_cache, v_cache, metadata.slot_mapping)
-        out = attention_ref.paged_attention(query, k_cache, v_cache, metadata.query_start_loc,
-                                            metadata.seq_lens, metadata.block_tables, self.scale)
+        write_kv(key, value, k_cache, v_cache, metadata.slot_mapping)
+        if metadata.max_query_len == 1:
+            num_splits = self._num_splits(query.shape[0], metadata.max_seq_len, query.device)
+            out = attention.decode_attention(query, k_cache, v_cache, metadata.block_tables,
+                                             metadata.seq_lens, self.scale, num_splits)
+        else:
+            out = attention.extend_attention(query, key, value, k_cache, v_cache,
+                                             metadata.query_start_loc, metadata.seq_lens,
+                                             metadata.block_tables, self.scale,
+                                             metadata.max_query_len or None)
         return out.flatten(1)  # [T, Hq*D]
+
+    def _num_splits(self, batch_size: int, max_seq_len: int, device: torch.device) -> int:
+        if device.type != "cuda":
+            return 1
+        if self._num_sms is None:
+            self._num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return attention.choose_num_splits(batch_size, self.num_kv_heads,
+                                           max_seq_len or self.max_seq_len_hint, self._num_sms)

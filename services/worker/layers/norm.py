@@ -1,4 +1,4 @@
-"""RMSNorm, with the residual add fused in (the pure-torch form of a fused kernel).
+"""RMSNorm with the residual add fused in (`kernels/rmsnorm.py`: Triton on CUDA, torch elsewhere).
 
 Numerics follow HF's LlamaRMSNorm: the residual add happens in the input dtype, the normalisation
 in float32, and the weight multiplies after casting back.
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from kernels.rmsnorm import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -18,10 +20,4 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """`norm(x)`; or with `residual`, `(norm(x + residual), x + residual)`. All `[T, H]`."""
-        if residual is not None:
-            x = x + residual
-            residual = x
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        out = self.weight * x32.to(x.dtype)
-        return out if residual is None else (out, residual)
+        return rms_norm(x, self.weight, self.eps, residual)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kernels.rotary import rotary_embedding
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -65,17 +67,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions `[T]`, query `[T, Hq*D]`, key `[T, Hkv*D]` -> rotated (query, key), same shapes."""
-        cos, sin = self.cos_sin_cache[positions].to(query.dtype).chunk(2, dim=-1)  # [T, R/2] each
-        return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
-
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        heads = x.unflatten(-1, (-1, self.head_dim))  # [T, H, D]
-        rot, rest = heads[..., : self.rotary_dim], heads[..., self.rotary_dim:]
-        x1, x2 = rot.chunk(2, dim=-1)  # [T, H, R/2] each
-        cos, sin = cos[:, None, :], sin[:, None, :]
-        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)  # [T, H, D]
-        return rotated.flatten(-2)
+        """positions `[T]`, query `[T, Hq*D]`, key `[T, Hkv*D]`: rotated IN PLACE and returned."""
+        rotary_embedding(positions, query.unflatten(-1, (-1, self.head_dim)),
+                         key.unflatten(-1, (-1, self.head_dim)), self.cos_sin_cache, self.rotary_dim)
+        return query, key
 
 
 def get_rope(head_dim: int, partial_rotary_factor: float, max_position: int, base: float,
