@@ -19,13 +19,13 @@ fi
 MODEL=${MODEL:-/tmp/llama3-8b-shape}
 PEER_DIR=${PEER_DIR:-.peers}
 WORKLOADS=${WORKLOADS:-"b1:4:128:256:1 c64:128:128:256:64 c128:128:128:256:128"}
-SERVE_FLAGS=${SERVE_FLAGS:-"--load-format dummy --dtype bfloat16 --max-model-len 4096 --max-num-seqs 512 --max-num-batched-tokens 8192 --max-graph-batch-size 512"}
+SERVE_FLAGS=${SERVE_FLAGS:-"--load-format dummy --dtype bfloat16 --gpu-memory-utilization 0.95 --max-model-len 4096 --max-num-seqs 512 --max-num-batched-tokens 8192 --max-graph-batch-size 512"}
 
 run_workloads() {  # $1 = backend, rest = extra flags
   local backend=$1; shift
   for w in $WORKLOADS; do
     IFS=: read -r name n inp outp conc <<<"$w"
-    timeout 600 python3 -m benchmarks.serve --backend "$backend" --num-prompts "$n" --input-len "$inp" \
+    timeout ${WORKLOAD_TIMEOUT:-240} python3 -m benchmarks.serve --backend "$backend" --num-prompts "$n" --input-len "$inp" \
       --output-len "$outp" --max-concurrency "$conc" --num-warmups 2 --no-progress \
       --label "$backend-$name" --out "$OUT/serve_${backend}_${name}.json" "$@" \
       2>&1 | tail -n 25
@@ -36,7 +36,7 @@ for phase in "$@"; do
   echo "=== $phase $(date +%T)"
   case $phase in
     gputests)
-      timeout 420 python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 30 ;;
+      timeout 420 python3 -m pytest -q -m gpu ${GPU_TESTS:-tests} -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 30 ;;
     kernels)
       timeout 240 python3 -m benchmarks.kernels --out "$OUT/kernels_attention.json" 2>&1 | tail -n 40
       timeout 120 python3 -m benchmarks.kernels_elementwise --out "$OUT/kernels_elementwise.json" 2>&1 | tail -n 30 ;;

@@ -210,10 +210,10 @@ class InputBatch:
                 src_rows.append(src_row)
                 sources.append(source)
             if all(src is sources[0] for src in sources):
-                gathered = sources[0][torch.tensor(src_rows).to(device, non_blocking=True)]
+                gathered = sources[0][_host_to_device(src_rows, torch.int64, device)]
             else:
                 gathered = torch.stack([src[r] for src, r in zip(sources, src_rows)])
-            ids[torch.tensor(dst).to(device, non_blocking=True)] = gathered
+            ids[_host_to_device(dst, torch.int64, device)] = gathered
         metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=qsl, seq_lens=lens,
                                      block_tables=tables.view(len(padded), width),
                                      max_query_len=max(n for _, n in scheduled),
@@ -224,6 +224,12 @@ class InputBatch:
 
 def _to_device(lists: list[list[int]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     """Concatenate int lists into one host tensor, copy it once, and return per-list views."""
-    host = torch.tensor([v for values in lists for v in values], dtype=dtype)
-    flat = host.to(device, non_blocking=True) if device.type != "cpu" else host
+    flat = _host_to_device([v for values in lists for v in values], dtype, device)
     return list(flat.split([len(values) for values in lists]))
+
+
+def _host_to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Pinned host memory and an asynchronous copy: a pageable copy would wait for the device."""
+    if device.type == "cpu":
+        return torch.tensor(values, dtype=dtype)
+    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)

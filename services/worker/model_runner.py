@@ -67,6 +67,7 @@ class ModelRunner:
         self.max_model_len = resolve_max_model_len(config, self.model_config)
         self.model = load_model(config, self.model_config, self.device, self.dtype)
         self.kv_cache: KVCache | None = None
+        self.graphs: DecodeGraphs | None = None
         self.num_blocks = self._size_kv_cache()
         self.kv_cache = allocate_kv_cache(self.model_config, self.num_blocks, config.block_size, self.dtype,
                                           self.device)
@@ -74,7 +75,6 @@ class ModelRunner:
         self.input_batch = InputBatch(config.block_size, self.num_blocks, self.max_model_len,
                                       config.max_num_batched_tokens, self.model_config.vocab_size)
         self._inflight: list[StepHandle] = []  # launched, not yet finished, oldest first
-        self.graphs: DecodeGraphs | None = None
         torch_backend = "torch" in (os.environ.get("SLUICE_ATTENTION_BACKEND"), os.environ.get("SLUICE_KERNELS"))
         if self.device.type == "cuda" and not config.enforce_eager and not torch_backend:
             self.graphs = DecodeGraphs(self.model, min(config.max_graph_batch_size,

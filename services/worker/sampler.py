@@ -20,6 +20,14 @@ from services.common.sampling import SamplingParams
 _MASK64 = (1 << 64) - 1
 
 
+def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list on `device` without waiting for the device (pinned, asynchronous copy):
+    a plain copy to CUDA would block until every queued kernel finished."""
+    if torch.device(device).type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
+    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
 def mix_seed(seed: int, num_output_tokens: int) -> int:
     """Generator seed in [0, 2**63) for one (request seed, step); splitmix64, stable across processes."""
     z = (seed * 0x9E3779B97F4A7C15 + (num_output_tokens + 1) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -79,17 +87,17 @@ class SamplingBatch:
         blocked_rows = blocked_ids = None
         if blocked:
             _check_ids([[t for _, t in blocked]], vocab)
-            blocked_rows, blocked_ids = torch.tensor(blocked, dtype=torch.long, device=device).unbind(1)
+            blocked_rows, blocked_ids = _tensor(blocked, dtype=torch.long, device=device).unbind(1)
         requested = [p.logprobs for p in params if p.logprobs is not None]
         return cls(
             vocab_size=vocab,
-            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
-            temperature=torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)],
+            greedy=_tensor(greedy, dtype=torch.bool, device=device),
+            temperature=_tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)],
                                      **f32),
-            top_k=torch.tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params],
+            top_k=_tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params],
                                dtype=torch.long, device=device),
-            top_p=torch.tensor([p.top_p for p in params], **f32),
-            min_p=torch.tensor([p.min_p for p in params], **f32),
+            top_p=_tensor([p.top_p for p in params], **f32),
+            min_p=_tensor([p.min_p for p in params], **f32),
             all_greedy=all(greedy),
             use_top_k_top_p=any(not g and (p.top_k > 0 or p.top_p < 1.0)
                                 for g, p in zip(greedy, params)),
@@ -124,8 +132,7 @@ def _build_penalties(params: list[SamplingParams], prompt_token_ids: list[list[i
     def padded(token_lists: list[list[int]]) -> torch.Tensor:  # [P, longest] long, padded with V
         _check_ids(token_lists, vocab_size)
         width = max(map(len, token_lists))
-        return torch.tensor([t + [vocab_size] * (width - len(t)) for t in token_lists],
-                            dtype=torch.long).to(device)
+        return _tensor([t + [vocab_size] * (width - len(t)) for t in token_lists], torch.long, device)
 
     shape = (len(rows), vocab_size + 1)  # column V absorbs the padding
     outputs = padded([output_token_ids[row] for row in rows])
@@ -137,10 +144,10 @@ def _build_penalties(params: list[SamplingParams], prompt_token_ids: list[list[i
     chosen = [params[row] for row in rows]
     f32 = dict(dtype=torch.float32, device=device)
     return Penalties(
-        rows=torch.tensor(rows, dtype=torch.long, device=device),
-        repetition=torch.tensor([p.repetition_penalty for p in chosen], **f32),
-        frequency=torch.tensor([p.frequency_penalty for p in chosen], **f32),
-        presence=torch.tensor([p.presence_penalty for p in chosen], **f32),
+        rows=_tensor(rows, dtype=torch.long, device=device),
+        repetition=_tensor([p.repetition_penalty for p in chosen], **f32),
+        frequency=_tensor([p.frequency_penalty for p in chosen], **f32),
+        presence=_tensor([p.presence_penalty for p in chosen], **f32),
         output_counts=counts[:, :vocab_size],
         seen=seen[:, :vocab_size],
     )
@@ -235,7 +242,8 @@ class SampleTensors:
         def copy(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None or t.device.type == "cpu":
                 return t
-            return t.to("cpu", non_blocking=True)
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)  # pageable would block
+            return host.copy_(t, non_blocking=True)
         return SampleTensors(copy(self.token_ids), copy(self.logprobs), copy(self.top_values),
                              copy(self.top_ids))
 
