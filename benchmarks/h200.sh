@@ -50,6 +50,7 @@ for phase in "$@"; do
       python3 -m services.cli generate "The river" --max-tokens 16 --temperature 0 2>&1 | tail -n 2
       run_workloads grpc --model "$MODEL"
       curl -s localhost:9402/metrics | grep -E "^sluice_scheduler_(step_seconds|preemptions)" > "$OUT/scheduler_metrics.txt"
+      curl -s localhost:9403/metrics | grep -E "^sluice_worker_(gpu_|step_seconds)" > "$OUT/worker_metrics.txt"
       kill -INT $stack; wait $stack ;;
     inprocess)
       python3 -m benchmarks.models llama3-8b "$MODEL" >/dev/null

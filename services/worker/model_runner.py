@@ -17,6 +17,7 @@ import torch
 
 from services.common.sampling import SamplingParams
 from services.common.step import CacheSpec, SampledToken, StepPlan, StepResult
+from services.worker import metrics
 from services.worker.cuda_graphs import DecodeGraphs
 from services.worker.config import WorkerConfig, resolve_device, resolve_dtype, resolve_max_model_len
 from services.worker.input_batch import InputBatch, ModelInputs, RequestState
@@ -45,6 +46,7 @@ class StepHandle:
     device_ids: torch.Tensor | None = None  # [S] sampled ids on the device (pending tokens)
     host: SampleTensors | None = None  # the same, being copied to the CPU
     event: torch.cuda.Event | None = None  # recorded after the step's last kernel (CUDA)
+    start_event: torch.cuda.Event | None = None  # recorded before the step's first kernel (CUDA)
     result: StepResult | None = None  # set by finish
 
 
@@ -75,6 +77,7 @@ class ModelRunner:
         self.input_batch = InputBatch(config.block_size, self.num_blocks, self.max_model_len,
                                       config.max_num_batched_tokens, self.model_config.vocab_size)
         self._inflight: list[StepHandle] = []  # launched, not yet finished, oldest first
+        self._last_end_event: torch.cuda.Event | None = None  # end of the last finished step
         torch_backend = "torch" in (os.environ.get("SLUICE_ATTENTION_BACKEND"), os.environ.get("SLUICE_KERNELS"))
         if self.device.type == "cuda" and not config.enforce_eager and not torch_backend:
             self.graphs = DecodeGraphs(self.model, min(config.max_graph_batch_size,
@@ -123,6 +126,9 @@ class ModelRunner:
         if any(_needs_history(st.sampling) and st.pending for st, _ in scheduled):
             for earlier in list(self._inflight):  # penalties/seeds/min_tokens count known tokens
                 self.finish(earlier)
+        if self.device.type == "cuda":
+            handle.start_event = torch.cuda.Event(enable_timing=True)
+            handle.start_event.record()
         inputs = self.input_batch.prepare(scheduled, self.device)
         handle.sampling_requests = inputs.sampling_requests
         with torch.inference_mode():
@@ -137,7 +143,7 @@ class ModelRunner:
                 handle.device_ids = tensors.token_ids
                 handle.host = tensors.to_host()
         if self.device.type == "cuda":
-            handle.event = torch.cuda.Event()
+            handle.event = torch.cuda.Event(enable_timing=True)
             handle.event.record()
         self.input_batch.advance(scheduled, inputs.sampling_requests, handle.device_ids)
         self._inflight.append(handle)
@@ -164,7 +170,19 @@ class ModelRunner:
         if handle in self._inflight:
             self._inflight.remove(handle)
         handle.result = result
+        self._record_gpu_timeline(handle)
         return result
+
+    def _record_gpu_timeline(self, handle: StepHandle) -> None:
+        """GPU busy time of this step and the idle gap since the previous step ended (zero when
+        the step was queued before the device got there, which is what overlap is for)."""
+        if handle.start_event is None:
+            return
+        metrics.GPU_STEP.observe(handle.start_event.elapsed_time(handle.event) / 1e3)
+        previous = self._last_end_event
+        if previous is not None:
+            metrics.GPU_IDLE.observe(max(previous.elapsed_time(handle.start_event), 0.0) / 1e3)
+        self._last_end_event = handle.event
 
     def _logits(self, inputs: ModelInputs) -> torch.Tensor:
         """Logits `[S, V]` of the sampling rows; decode batches replay a CUDA graph when one fits."""
