@@ -43,7 +43,7 @@ for phase in "$@"; do
     stack)
       python3 -m benchmarks.models llama3-8b "$MODEL" >/dev/null
       # shellcheck disable=SC2086
-      python3 -m services.cli serve --model "$MODEL" $SERVE_FLAGS --log-level WARNING >"$OUT/stack.log" 2>&1 &
+      python3 -m services.cli serve --model "$MODEL" $SERVE_FLAGS --log-level INFO >"$OUT/stack.log" 2>&1 &
       stack=$!
       for _ in $(seq 600); do grep -q "Sluice is ready" "$OUT/stack.log" && break; sleep 0.5; done
       grep "Sluice is ready" "$OUT/stack.log" || { tail -n 40 "$OUT/stack.log"; kill $stack; continue; }

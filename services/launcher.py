@@ -50,9 +50,10 @@ def serve(commands: list[tuple[str, list[str], str]], startup_timeout: float) ->
     try:
         for name, argv, _ in commands:
             procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli", *argv])
+        started = time.monotonic()
         for name, _, address in commands:
             wait_serving(address, startup_timeout, procs)
-            print(f"  {name:<9} serving on {address}", flush=True)
+            print(f"  {name:<9} serving on {address} ({time.monotonic() - started:.1f} s)", flush=True)
         print(f"Sluice is ready: Generation API on {commands[-1][2]} (Ctrl-C stops all three)",
               flush=True)
         while all(p.poll() is None for p in procs.values()):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +57,22 @@ def _needs_history(sampling: SamplingParams) -> bool:
     return sampling.needs_penalties or blocks_stops or (sampling.seed is not None and not sampling.greedy)
 
 
+class _PhaseClock:
+    """Wall seconds of each start-up phase, for the log (start-up time is a deployment cost)."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+        self.phases: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases.append((name, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.phases)
+
+
 class ModelRunner:
     def __init__(self, config: WorkerConfig):
         self.config = config
@@ -67,10 +84,13 @@ class ModelRunner:
         self.model_config = ModelConfig.from_hf(config.model)
         self.dtype = resolve_dtype(config, self.model_config.torch_dtype, self.device)
         self.max_model_len = resolve_max_model_len(config, self.model_config)
+        clock = _PhaseClock()
         self.model = load_model(config, self.model_config, self.device, self.dtype)
+        clock.mark("load")
         self.kv_cache: KVCache | None = None
         self.graphs: DecodeGraphs | None = None
         self.num_blocks = self._size_kv_cache()
+        clock.mark("profile")
         self.kv_cache = allocate_kv_cache(self.model_config, self.num_blocks, config.block_size, self.dtype,
                                           self.device)
         bind_kv_cache(self.model, self.kv_cache)
@@ -85,6 +105,8 @@ class ModelRunner:
                                        -(-self.max_model_len // config.block_size),
                                        self.max_model_len, self.device)
             self.graphs.capture()
+        clock.mark("kv cache + graphs")
+        logger.info("start-up times: %s", clock)
         logger.info("model %s (%s) on %s in %s: %d KV blocks of %d tokens, max_model_len %d",
                     config.model, self.model_config.architecture, self.device, self.dtype, self.num_blocks,
                     config.block_size, self.max_model_len)
