@@ -68,4 +68,6 @@ def serve(commands: list[tuple[str, list[str], str]], startup_timeout: float) ->
         print(f"start-up failed: {exc}", file=sys.stderr)
         return 1
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_all(list(procs.values()))

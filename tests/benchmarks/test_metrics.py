@@ -1,11 +1,11 @@
-"""Metric definitions of benchmarks.serve on hand-made timelines: exact TTFT, TPOT, ITL, E2EL,
+"""Metric definitions of benchmarks.serve_metrics on hand-made timelines: exact TTFT, TPOT, ITL, E2EL,
 throughputs and percentiles."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from benchmarks.serve import Chunk, RequestRecord, compute_metrics, detailed_arrays, summarize_ms
+from benchmarks.serve_metrics import Chunk, RequestRecord, compute_metrics, detailed_arrays, summarize_ms
 
 
 def record(prompt_len: int, send: float, chunks: list[tuple[float, int]], last: str = "length",

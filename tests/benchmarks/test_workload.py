@@ -1,4 +1,5 @@
-"""Workload generation of benchmarks.serve: Poisson arrivals, random prompts, argument checks."""
+"""Workload generation of benchmarks.workload (Poisson arrivals, random prompts) and the argument and
+server checks of benchmarks.serve."""
 from __future__ import annotations
 
 import math
@@ -6,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.serve import (BenchmarkError, ServerInfo, allowed_token_ids, arrival_offsets,
-                              build_parser, check_server, main, random_prompts, special_token_ids,
-                              validate_args)
+from benchmarks.backends import BenchmarkError, ServerInfo
+from benchmarks.serve import build_parser, check_server, main, validate_args
+from benchmarks.workload import allowed_token_ids, arrival_offsets, random_prompts, special_token_ids
 
 
 def gaps(offsets: list[float]) -> np.ndarray:
