@@ -22,3 +22,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# The demo model and the three-process stack, shared by every test that asks (started once).
+from tests.stack import demo_model_dir, stack  # noqa: E402,F401

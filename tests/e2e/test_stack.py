@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.pb import common_pb2, tokenizer_pb2
-from tests.e2e.conftest import NUM_KV_BLOCKS
+from tests.stack import NUM_KV_BLOCKS
 
 
 def generate(stack, timeout=60, **kwargs):
