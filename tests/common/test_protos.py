@@ -1,6 +1,7 @@
 """The committed stubs match the protos, and conversions round-trip."""
 import importlib.util
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +23,15 @@ def test_generated_stubs_do_not_drift():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_every_proto_field_is_documented():
-    """Each message field and rpc carries a `///` or `//` comment on the line(s) above it, or the
-    message it belongs to is self-explanatory by a documented type."""
+def test_every_proto_field_and_rpc_is_documented():
+    """Each rpc and each message field has a comment on the line above it."""
+    field = re.compile(r"^(optional |repeated )?[\w.]+ \w+ = \d+;")
     undocumented = []
-    for proto in (ROOT / "protos" / "sluice" / "v1").glob("*.proto"):
+    for proto in sorted((ROOT / "protos" / "sluice" / "v1").glob("*.proto")):
         lines = proto.read_text().splitlines()
         for i, line in enumerate(lines):
             s = line.strip()
-            if s.startswith("rpc ") and not lines[i - 1].strip().startswith("//"):
+            if (s.startswith("rpc ") or field.match(s)) and not lines[i - 1].strip().startswith("//"):
                 undocumented.append(f"{proto.name}:{i + 1}: {s}")
     assert not undocumented, undocumented
 
