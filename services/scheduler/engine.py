@@ -131,8 +131,10 @@ class SchedulerEngine:
         state = self._streams.pop(request_id, None)
         if state is None:
             return
-        request = self.scheduler.get_request(request_id) if self.scheduler else None
-        self.scheduler and self.scheduler.abort_request(request_id)
+        request = None
+        if self.scheduler is not None:
+            request = self.scheduler.get_request(request_id)
+            self.scheduler.abort_request(request_id)
         metrics.REQUESTS.labels(reason.value).inc()
         state.queue.put_nowait(RequestOutput(
             request_id=request_id, new_token_ids=[], new_logprobs=[], finished=True,
