@@ -1,7 +1,7 @@
 """Batched next-token sampling on the logits' device.
 
 `SamplingBatch.build` turns one step's per-request parameters into tensors once; `sample` is then
-tensor ops over the whole batch, except one generator per seeded row. Invariant: row i's result
+tensor ops over the whole batch (seeded rows draw counter-based noise, all at once). Invariant: row i's result
 depends only on row i's logits, parameters and token history (and for a seeded row on
 `mix_seed(seed, num_output_tokens)`), never on the other rows, their number or their order.
 
@@ -64,7 +64,8 @@ class SamplingBatch:
     blocked_rows: torch.Tensor | None  # [N] long; (blocked_rows[i], blocked_ids[i]) forced to -inf
     blocked_ids: torch.Tensor | None  # [N] long
     penalties: Penalties | None
-    seeded_rows: list[tuple[int, int]]  # (row, mix_seed(...)) for every non-greedy seeded row
+    seeded_rows: torch.Tensor | None  # [R] long, every non-greedy seeded row (None: no such row)
+    row_seeds: torch.Tensor | None  # [R] long, mix_seed(seed, num_output_tokens) of those rows
     any_unseeded_random: bool  # some non-greedy row draws from the device's default generator
     num_logprobs: list[int | None]  # per row, params.logprobs
     max_logprobs: int  # largest requested n (clamped to V); -1 when no row wants logprobs
@@ -105,13 +106,21 @@ class SamplingBatch:
             blocked_rows=blocked_rows,
             blocked_ids=blocked_ids,
             penalties=_build_penalties(params, prompt_token_ids, output_token_ids, vocab, device),
-            seeded_rows=[(row, mix_seed(p.seed, len(output_token_ids[row])))
-                         for row, (g, p) in enumerate(zip(greedy, params))
-                         if not g and p.seed is not None],
+            **_seeded(params, greedy, output_token_ids, device),
             any_unseeded_random=any(not g and p.seed is None for g, p in zip(greedy, params)),
             num_logprobs=[p.logprobs for p in params],
             max_logprobs=min(max(requested), vocab) if requested else -1,
         )
+
+
+def _seeded(params: list[SamplingParams], greedy: list[bool], output_token_ids: list[list[int]],
+            device: torch.device) -> dict:
+    seeded = [(row, mix_seed(p.seed, len(output_token_ids[row])))
+              for row, (g, p) in enumerate(zip(greedy, params)) if not g and p.seed is not None]
+    if not seeded:
+        return dict(seeded_rows=None, row_seeds=None)
+    return dict(seeded_rows=_tensor([row for row, _ in seeded], torch.long, device),
+                row_seeds=_tensor([seed for _, seed in seeded], torch.long, device))
 
 
 def _check_ids(token_lists: list[list[int]], vocab_size: int) -> None:
@@ -209,22 +218,42 @@ def apply_min_p(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return logits.masked_fill(logp < threshold, float("-inf"))
 
 
+_GOLDEN, _MIX1, _MIX2 = (c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9,
+                                                     0x94D049BB133111EB))  # as signed int64
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def seeded_exponential(row_seeds: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[R, V] float32 Exp(1) noise, a pure function of (row seed, column): splitmix64 of
+    seed + (column + 1) * golden ratio, its top 24 bits as a uniform u in (0, 1), then -log u.
+    Counter-based, so every seeded row of a batch is drawn at once, with no generator objects and
+    no Python loop, and the same on any device (int64 arithmetic wraps identically)."""
+    columns = torch.arange(1, vocab_size + 1, dtype=torch.int64, device=row_seeds.device)
+    z = row_seeds[:, None] + columns[None, :] * _GOLDEN  # [R, V], wraps mod 2**64
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    u = (_shift_right(z, 40).float() + 0.5) * (1.0 / (1 << 24))
+    return -torch.log(u)
+
+
 def exponential_race(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """[B] long: argmax(softmax(logits) / q), q ~ Exp(1) per element, computed as argmax(x - log q).
 
-    A seeded row's q comes from a fresh generator seeded with its mix_seed, so it depends only on
-    (seed, num_output_tokens, V, device type). Other rows share the device's default generator.
+    A seeded row's q is `seeded_exponential` of its mix_seed, so it depends only on
+    (seed, num_output_tokens, V). Other rows share the device's default generator.
     """
     q = torch.empty_like(logits)
     if batch.any_unseeded_random:
         q.exponential_()
     else:
         q.fill_(1.0)
-    for row, seed in batch.seeded_rows:
-        gen = torch.Generator(device=logits.device)
-        gen.manual_seed(seed)
-        row_q = torch.empty(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-        q[row] = row_q.exponential_(generator=gen)
+    if batch.seeded_rows is not None:
+        q[batch.seeded_rows] = seeded_exponential(batch.row_seeds, logits.shape[-1]).to(q.dtype)
     return (logits - q.clamp_min_(torch.finfo(q.dtype).tiny).log_()).argmax(dim=-1)
 
 

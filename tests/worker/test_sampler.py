@@ -275,3 +275,27 @@ def test_sampled_id_is_always_allowed(case):
     ids = sample(torch.tensor([r[1] for r in rows]), batch).token_ids
     for i, token in enumerate(ids):
         assert token in allowed[i % len(allowed)], (i, rows[i][0])
+
+
+def test_seeded_noise_is_exponential_and_uncorrelated():
+    from services.worker.sampler import mix_seed, seeded_exponential
+    seeds = torch.tensor([mix_seed(s, 0) for s in range(64)], dtype=torch.long)
+    q = seeded_exponential(seeds, 4096).double()  # [64, 4096]
+    assert q.min() > 0
+    assert abs(q.mean().item() - 1.0) < 0.01 and abs(q.var().item() - 1.0) < 0.03
+    flat = q.flatten()
+    corr = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
+    assert abs(corr) < 0.01
+    rows = torch.corrcoef(torch.stack([q[0], q[1]]))[0, 1].item()
+    assert abs(rows) < 0.05
+    assert torch.equal(seeded_exponential(seeds[:3], 100), seeded_exponential(seeds, 100)[:3])
+
+
+def test_seeded_sampling_follows_the_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4000, 1)
+    params = [SamplingParams(temperature=1.0, seed=s) for s in range(4000)]
+    batch = SamplingBatch.build(params, [[1]] * 4000, [[]] * 4000, [], 4, torch.device("cpu"))
+    counts = torch.bincount(torch.tensor(sample(logits, batch).token_ids), minlength=4).double()
+    expected = logits[0].softmax(-1).double() * 4000
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 16.3, (counts, expected)  # p = 0.001 for 3 degrees of freedom
