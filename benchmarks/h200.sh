@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks and GPU tests on one GPU machine, in phases; every figure lands in OUT as JSON.
-#   bash benchmarks/h200.sh OUT PHASE...    phases: gputests kernels stack inprocess peer
+#   bash benchmarks/h200.sh OUT PHASE...    phases: gputests kernels stack inprocess peer report
 # `stack` serves a random-weight Llama-3-8B-shaped model (bf16, --load-format dummy) through the
 # three gRPC services and drives it with benchmarks/serve.py; `inprocess` runs the same workloads
 # on the in-process engine (no gRPC); `peer` runs transformers' generate (PEER_DIR/hf_generate.py,
@@ -59,6 +59,8 @@ for phase in "$@"; do
     peer)
       timeout 420 python3 "$PEER_DIR/hf_generate.py" ${PEER_PLAN:-llama3-8b:1:128:256 llama3-8b:64:128:256 llama3-8b:128:128:256} \
         2>/dev/null | tee "$OUT/hf_generate.jsonl" ;;
+    report)
+      python3 -m benchmarks.report "$OUT" --markdown-out "$OUT/report.md" ;;
     *) echo "unknown phase $phase" ;;
   esac
 done
