@@ -51,7 +51,7 @@ for phase in "$@"; do
       run_workloads grpc --model "$MODEL"
       curl -s localhost:9402/metrics | grep -E "^sluice_scheduler_(step_seconds|preemptions)" > "$OUT/scheduler_metrics.txt"
       curl -s localhost:9403/metrics | grep -E "^sluice_worker_(gpu_|step_seconds)" > "$OUT/worker_metrics.txt"
-      kill -INT $stack; wait $stack ;;
+      kill -TERM $stack; wait $stack ;;
     inprocess)
       python3 -m benchmarks.models llama3-8b "$MODEL" >/dev/null
       # shellcheck disable=SC2086

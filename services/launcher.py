@@ -46,7 +46,10 @@ def stop_all(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
 def serve(commands: list[tuple[str, list[str], str]], startup_timeout: float) -> int:
     """commands: (name, argv for `sluice`, gRPC address) in start order (worker first)."""
     procs: dict[str, subprocess.Popen] = {}
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    # Ctrl-C and SIGTERM both stop the stack. SIGINT is set explicitly because a shell starts
+    # background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         for name, argv, _ in commands:
             procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli", *argv])
