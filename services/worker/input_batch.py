@@ -159,12 +159,13 @@ class InputBatch:
         for row, state in enumerate(sampling_requests):
             state.pending.append((token_ids, row))
 
-    def resolve(self, token_ids: torch.Tensor, sampled: list[int]) -> None:
-        """The step that produced `token_ids` finished: its pending tokens become known outputs.
-        Requests dropped meanwhile simply no longer hold them."""
-        for state in self.requests.values():
-            while state.pending and state.pending[0][0] is token_ids:
-                _, row = state.pending.pop(0)
+    @staticmethod
+    def resolve(sampling_requests: list[RequestState], token_ids: torch.Tensor, sampled: list[int]) -> None:
+        """The step that produced `token_ids` for `sampling_requests` finished: their pending tokens
+        become known outputs (a request dropped meanwhile keeps them in its orphaned state)."""
+        for row, state in enumerate(sampling_requests):
+            if state.pending and state.pending[0][0] is token_ids:
+                state.pending.pop(0)
                 state.output_token_ids.append(sampled[row])
 
     def prepare(self, scheduled: list[tuple[RequestState, int]], device: torch.device) -> ModelInputs:

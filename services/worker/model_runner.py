@@ -185,7 +185,7 @@ class ModelRunner:
         result = StepResult(step_id=handle.step_id)
         if handle.sampling_requests:
             out = to_output(handle.host, handle.batch)
-            self.input_batch.resolve(handle.device_ids, out.token_ids)
+            self.input_batch.resolve(handle.sampling_requests, handle.device_ids, out.token_ids)
             rows = zip(handle.sampling_requests, out.token_ids, out.logprobs, out.top_logprobs, strict=True)
             result.sampled = [SampledToken(st.request_id, token_id, logprob, top)
                               for st, token_id, logprob, top in rows]
