@@ -340,7 +340,7 @@ def test_a_preempted_request_is_readmitted_before_later_arrivals():
 
 
 def test_tokens_for_requests_that_did_not_reach_the_end_are_ignored():
-    scheduler, worker = make_scheduler(max_num_batched_tokens=8), FakeWorker(4)
+    scheduler = make_scheduler(max_num_batched_tokens=8)
     scheduler.add_request(make_request("a", prompt_len=12))
     scheduler.add_request(make_request("b", prompt_len=4))
     plan = scheduler.schedule()
