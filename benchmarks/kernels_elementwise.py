@@ -7,6 +7,9 @@ shapes in bfloat16 (H 4096, 32 query and 8 KV heads of 128, I 14336), for each t
 - `rms_norm`: with the residual add, `[T, 4096]` (torch: the layer's arithmetic);
 - `rotary`: q `[T, 32, 128]` and k `[T, 8, 128]` in place, views of a packed qkv (torch: the layer's
   arithmetic plus the copy back);
+- `rotary_kv`: `rotary` and `write_kv` fused into one launch: q and k rotated in place, the rotated k
+  and v (views of one packed qkv) stored into a paged cache (torch: the `rotary` then the `write_kv`
+  reference above);
 - `silu_and_mul`: `[T, 28672]` -> `[T, 14336]`.
 
 Each figure is the median of `triton.testing.do_bench` (L2 flushed between calls, so launch latency
@@ -25,7 +28,7 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from kernels import activation, attention_ref, kv_write, rmsnorm, rotary
+from kernels import activation, attention_ref, kv_write, rmsnorm, rotary, rotary_kv
 from services.worker.layers.rotary import get_rope
 
 HIDDEN, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, INTER = 4096, 32, 8, 128, 14336
@@ -69,6 +72,28 @@ def rotary_case(num_tokens: int) -> Case:
             lambda: rotary._torch_impl(positions, q, k, cache, rotary_dim), moved)
 
 
+def rotary_kv_case(num_tokens: int) -> Case:
+    rope = get_rope(HEAD_DIM, 1.0, MAX_POSITION, 500000.0, LLAMA3_SCALING).cuda()
+    qkv = torch.randn(num_tokens, (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM, device="cuda", dtype=DTYPE)
+    q, k, v = qkv.split([NUM_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM], dim=-1)
+    q, k, v = (t.unflatten(-1, (-1, HEAD_DIM)) for t in (q, k, v))
+    positions = torch.randint(0, MAX_POSITION, (num_tokens,), device="cuda")
+    k_cache = torch.zeros(NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.randperm(NUM_BLOCKS * BLOCK_SIZE, device="cuda")[:num_tokens]
+    cache, rotary_dim = rope.cos_sin_cache, rope.rotary_dim
+    # q read and written; k read, written and stored; v read and stored; cos/sin, positions, slots read.
+    moved = ((2 * q.numel() + 5 * k.numel()) * q.element_size() + num_tokens * rotary_dim * cache.element_size()
+             + positions.numel() * positions.element_size() + slots.numel() * slots.element_size())
+
+    def torch_fn() -> None:  # not rotary_kv._torch_impl: its negative-slot filter syncs (no graph capture)
+        rotary._torch_impl(positions, q, k, cache, rotary_dim)
+        attention_ref.write_kv(k, v, k_cache, v_cache, slots)
+
+    return (lambda: rotary_kv.rotary_and_write_kv(positions, q, k, v, k_cache, v_cache, slots, cache, rotary_dim),
+            torch_fn, moved)
+
+
 def silu_and_mul_case(num_tokens: int) -> Case:
     x = torch.randn(num_tokens, 2 * INTER, device="cuda", dtype=DTYPE)
     moved = 3 * num_tokens * INTER * x.element_size()
@@ -76,7 +101,7 @@ def silu_and_mul_case(num_tokens: int) -> Case:
 
 
 CASES = {"write_kv": write_kv_case, "rms_norm": rms_norm_case, "rotary": rotary_case,
-         "silu_and_mul": silu_and_mul_case}
+         "rotary_kv": rotary_kv_case, "silu_and_mul": silu_and_mul_case}
 
 
 def measure(kernel: str, num_tokens: int) -> list[dict]:

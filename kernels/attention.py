@@ -35,12 +35,13 @@ def choose_num_splits(batch_size: int, num_kv_heads: int, max_seq_len: int, num_
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, num_splits: int,
                      out: torch.Tensor | None = None,
-                     workspace: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One new token per sequence: `query [B, Hq, D]` -> `[B, Hq, D]`.
 
     `seq_lens [B]` int32 includes the new token (already in the cache); `block_tables [B, max_blocks]`
     int32. `num_splits` is a host int fixed by the caller (`choose_num_splits`); `workspace` is
-    `kernels.decode_attention.alloc_workspace(max_B, Hq, D, num_splits)` or None (cached per shape).
+    `kernels.decode_attention.alloc_workspace(max_B, Hq, Hkv, D, num_splits)` or None (cached per
+    shape); launches that share one must be ordered on one stream.
     The Triton path never synchronises with the host and is safe to capture in a CUDA graph.
     """
     if out is None:

@@ -4,19 +4,25 @@ Layouts (see `kernels/attention_ref.py`): query and output `[B, Hq, D]`; `k_cach
 `[num_blocks, block_size, Hkv, D]`; `block_tables [B, max_blocks]` int32; `seq_lens [B]` int32 is
 the context length including the new token, whose K/V are already in the cache.
 
-Flash-decoding in two launches, both free of host synchronisation and of value-dependent shapes, so
-the pair can be captured in a CUDA graph:
+Flash-decoding in one launch, free of host synchronisation and of value-dependent shapes, so it can
+be captured in a CUDA graph. Grid `(B, Hkv, num_splits)`: every program takes all `G = Hq // Hkv`
+query heads of one KV head (GQA: each K/V tile is read once for the whole group, padded to
+`BLOCK_H >= 16` rows for `tl.dot`) and one split of its sequence. Sequence b cuts its own
+`seq_lens[b]` into `num_splits` pieces of `split_len = roundup(cdiv(seq_len, num_splits), BLOCK_N)`
+tokens, so a short sequence uses only its first `num_active = cdiv(seq_len, split_len)` splits; the
+programs of the other splits return at once and touch nothing.
 
-- stage 1, grid `(B, Hkv, num_splits)`: every program takes all `G = Hq // Hkv` query heads of one
-  KV head (GQA: each K/V tile is read once for the whole group, padded to `BLOCK_H >= 16` rows for
-  `tl.dot`) and one split of its sequence. Sequence b cuts its own `seq_lens[b]` into `num_splits`
-  pieces of `split_len = roundup(cdiv(seq_len, num_splits), BLOCK_N)` tokens, so a short sequence
-  leaves its last splits empty; those programs return at once and write nothing. A non-empty split
-  writes its normalised partial output and its log2-sum-exp to the workspace.
-- stage 2, grid `(B, Hq)`: recomputes the same `split_len`, reads only the non-empty splits and
-  merges them. With `num_splits == 1`, stage 1 writes the output itself and stage 2 is skipped.
+- `num_splits == 1`, or `num_active == 1`: the one non-empty program writes the output itself.
+- otherwise each non-empty program writes its normalised partial output and log2-sum-exp to the
+  workspace, then increments the int32 counter of its `(sequence, KV head)` with an acq_rel atomic.
+  The program that reads `num_active - 1` back is the last: it merges the `num_active` partials of
+  its G heads (weights `2^(lse - max lse)`), writes the output and resets the counter to 0, so
+  every launch, and every CUDA-graph replay, starts from zeroed counters. No program waits on
+  another, so the scheme needs no co-residency of programs; see `_merge_splits` for the ordering.
 
-A sequence with `seq_len == 0` (a padded CUDA-graph slot) gets a zero output.
+A sequence with `seq_len == 0` (a padded CUDA-graph slot) gets a zero output, written by split 0.
+The workspace (partials and counters) belongs to one launch at a time: two launches that share it
+must be ordered on one stream, as layers of a model are.
 """
 from __future__ import annotations
 
@@ -49,37 +55,41 @@ def choose_num_splits(batch_size: int, num_kv_heads: int, max_seq_len: int, num_
     return max(1, min(target, most, 64))
 
 
-def alloc_workspace(batch_size: int, num_heads: int, head_dim: int, num_splits: int,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage-1 partials: outputs `[B, Hq, S, D]` and log2-sum-exps `[B, Hq, S]`, both float32.
+def alloc_workspace(batch_size: int, num_heads: int, num_kv_heads: int, head_dim: int, num_splits: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Partials of the splits and their merge counters.
 
+    Returns outputs `[B, Hq, S, D]` and log2-sum-exps `[B, Hq, S]`, both float32, and per
+    `(sequence, KV head)` counts of finished splits `[B, Hkv]` int32, zero between launches.
     One workspace made for the largest batch serves every smaller one (rows `[:B]` are used).
     """
     mid_out = torch.empty(batch_size, num_heads, num_splits, head_dim, dtype=torch.float32, device=device)
     mid_lse = torch.empty(batch_size, num_heads, num_splits, dtype=torch.float32, device=device)
-    return mid_out, mid_lse
+    counters = torch.zeros(batch_size, num_kv_heads, dtype=torch.int32, device=device)
+    return mid_out, mid_lse, counters
 
 
-_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _cached_workspace(batch_size: int, num_heads: int, head_dim: int, num_splits: int,
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _cached_workspace(batch_size: int, num_heads: int, num_kv_heads: int, head_dim: int, num_splits: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Kept for the life of the process: a CUDA graph may have captured its address."""
-    key = (device, batch_size, num_heads, head_dim, num_splits)
+    key = (device, batch_size, num_heads, num_kv_heads, head_dim, num_splits)
     if key not in _WORKSPACES:
-        _WORKSPACES[key] = alloc_workspace(batch_size, num_heads, head_dim, num_splits, device)
+        _WORKSPACES[key] = alloc_workspace(batch_size, num_heads, num_kv_heads, head_dim, num_splits, device)
     return _WORKSPACES[key]
 
 
 def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, num_splits: int,
                          out: torch.Tensor,
-                         workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
                          config: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Attention of `query [B, Hq, D]` over each sequence's cached K/V, written into `out [B, Hq, D]`.
 
-    `workspace` is `alloc_workspace(>= B, Hq, D, num_splits)`; without it one is cached per shape.
+    `workspace` is `alloc_workspace(>= B, Hq, Hkv, D, num_splits)` with zeroed counters (every
+    launch leaves them zeroed); without it one is cached per shape.
     `config` overrides `(BLOCK_N, num_warps, num_stages)` (benchmarks and interpreter tests).
     """
     batch_size, num_heads, head_dim = query.shape
@@ -93,34 +103,30 @@ def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         return out
     if num_splits > 1:
         if workspace is None:
-            workspace = _cached_workspace(batch_size, num_heads, head_dim, num_splits, query.device)
-        mid_out, mid_lse = workspace
+            workspace = _cached_workspace(batch_size, num_heads, num_kv_heads, head_dim, num_splits, query.device)
+        mid_out, mid_lse, counters = workspace
         assert mid_out.shape[0] >= batch_size and mid_out.shape[1:] == (num_heads, num_splits, head_dim), \
             (mid_out.shape, query.shape, num_splits)
         assert mid_lse.shape[0] >= batch_size and mid_lse.shape[1:] == (num_heads, num_splits), mid_lse.shape
         assert mid_out.dtype == mid_lse.dtype == torch.float32 and mid_out.is_contiguous() \
             and mid_lse.is_contiguous(), (mid_out.dtype, mid_lse.dtype)
+        assert counters.shape[0] >= batch_size and counters.shape[1:] == (num_kv_heads,) \
+            and counters.dtype == torch.int32 and counters.is_contiguous(), (counters.shape, counters.dtype)
+        assert {mid_out.device, mid_lse.device, counters.device} == {query.device}, \
+            (mid_out.device, mid_lse.device, counters.device, query.device)
     else:
-        mid_out, mid_lse = out, seq_lens  # unused by the kernel when NUM_SPLITS == 1
-    _decode_stage1_kernel[(batch_size, num_kv_heads, num_splits)](
-        query, k_cache, v_cache, block_tables, seq_lens, out, mid_out, mid_lse,
+        mid_out, mid_lse, counters = out, seq_lens, seq_lens  # unused by the kernel when NUM_SPLITS == 1
+    _decode_kernel[(batch_size, num_kv_heads, num_splits)](
+        query, k_cache, v_cache, block_tables, seq_lens, out, mid_out, mid_lse, counters,
         scale * LOG2E,
         query.stride(0), query.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=block_n, NUM_SPLITS=num_splits, IS_FP32=is_fp32,
+        BLOCK_N=block_n, NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), IS_FP32=is_fp32,
         num_warps=num_warps, num_stages=num_stages,
     )
-    if num_splits > 1:
-        _decode_stage2_kernel[(batch_size, num_heads)](
-            mid_out, mid_lse, out, seq_lens,
-            out.stride(0), out.stride(1),
-            NUM_HEADS=num_heads, HEAD_DIM=head_dim, NUM_SPLITS=num_splits,
-            BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_N=block_n,
-            num_warps=4, num_stages=1,
-        )
     return out
 
 
@@ -153,34 +159,39 @@ def _check(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
 
 
 @triton.jit
-def _decode_stage1_kernel(
+def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, mid_out_ptr, mid_lse_ptr,
+    counters_ptr,
     qk_scale,  # softmax scale * log2(e): scores live in the log2 domain
     stride_qb, stride_qh,
     stride_cache_block, stride_cache_tok, stride_cache_head,
     stride_bt,
     stride_ob, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, IS_FP32: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP32: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N  # 0 only when seq_len == 0
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
-    if NUM_SPLITS > 1:  # noqa: SIM102 (a constexpr test; `and` would mix it with a tensor)
-        if start >= end:
-            return
 
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
     head_mask = offs_h < GROUP
     heads = kv_head * GROUP + offs_h  # [BLOCK_H]
+    out_ptrs = out_ptr + seq * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]  # [BLOCK_H, D]
+    if NUM_SPLITS > 1:  # noqa: SIM102 (a constexpr test; `and` would mix it with a tensor)
+        if start >= end:  # an empty split; split 0 is empty only when seq_len == 0
+            if split == 0:
+                tl.store(out_ptrs, tl.zeros([BLOCK_H, HEAD_DIM], dtype=out_ptr.dtype.element_ty),
+                         mask=head_mask[:, None])
+            return
+
     q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=head_mask[:, None], other=0.0)  # [BLOCK_H, D]
-
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
@@ -208,41 +219,67 @@ def _decode_stage1_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
 
-    l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i == 0 only for an empty sequence
-    result = acc / l_safe[:, None]
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i == 0 only for an empty sequence (NUM_SPLITS == 1)
+    result = acc / l_safe[:, None]  # [BLOCK_H, D]
     if NUM_SPLITS == 1:
-        out_ptrs = out_ptr + seq * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=head_mask[:, None])
     else:
-        num_heads = tl.num_programs(1) * GROUP
-        row = (seq * num_heads + heads) * NUM_SPLITS + split  # [BLOCK_H] into [B, Hq, S]
-        tl.store(mid_out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], result, mask=head_mask[:, None])
-        tl.store(mid_lse_ptr + row, m_i + tl.math.log2(l_safe), mask=head_mask)
+        num_active = tl.cdiv(seq_len, split_len)  # splits 0 .. num_active - 1 are non-empty, split_len > 0
+        if num_active == 1:  # the only split: its partial is the output, no merge and no counter
+            tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=head_mask[:, None])
+        else:
+            num_kv_heads = tl.num_programs(1)
+            rows = (seq * num_kv_heads * GROUP + heads) * NUM_SPLITS  # [BLOCK_H], split 0 in [B * Hq, S]
+            tl.store(mid_out_ptr + (rows + split)[:, None] * HEAD_DIM + offs_d[None, :], result,
+                     mask=head_mask[:, None])
+            tl.store(mid_lse_ptr + rows + split, m_i + tl.math.log2(l_safe), mask=head_mask)
+            _merge_splits(mid_out_ptr, mid_lse_ptr, counters_ptr + seq * num_kv_heads + kv_head, out_ptrs, rows,
+                          head_mask, num_active, BLOCK_H=BLOCK_H, HEAD_DIM=HEAD_DIM, BLOCK_S=BLOCK_S)
 
 
 @triton.jit
-def _decode_stage2_kernel(
-    mid_out_ptr, mid_lse_ptr, out_ptr, seq_lens_ptr,
-    stride_ob, stride_oh,
-    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    seq_len = tl.load(seq_lens_ptr + seq)
-    split_len = tl.maximum(tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N, BLOCK_N)
-    num_active = tl.cdiv(seq_len, split_len)  # stage 1 wrote splits 0 .. num_active - 1 only
+def _merge_splits(mid_out_ptr, mid_lse_ptr, counter_ptr, out_ptrs, rows, head_mask, num_active,
+                  BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Counts this program's split as finished; the last of `num_active` merges all and writes `out_ptrs`.
 
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, HEAD_DIM)
-    mask_s = offs_s < num_active
-    row = (seq * NUM_HEADS + head) * NUM_SPLITS + offs_s  # [BLOCK_S]
-    lse = tl.load(mid_lse_ptr + row, mask=mask_s, other=float("-inf"))
-    lse_max = tl.max(lse, 0)
-    lse_max = tl.where(lse_max > float("-inf"), lse_max, 0.0)
-    weights = tl.math.exp2(lse - lse_max)  # [BLOCK_S], 0 for empty splits
-    partial = tl.load(mid_out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_s[:, None],
-                      other=0.0)  # [BLOCK_S, D]
-    total = tl.sum(weights, 0)
-    result = tl.sum(partial * weights[:, None], 0) / tl.where(total > 0.0, total, 1.0)  # [D]
-    tl.store(out_ptr + seq * stride_ob + head * stride_oh + offs_d, result.to(out_ptr.dtype.element_ty))
+    `rows [BLOCK_H]` index split 0 of this program's heads in the `[B * Hq, S]` partials.
+
+    Ordering (the interpreter runs programs one after another, so tests cannot check it):
+    - writers: the barrier makes every thread's partial stores happen before the atomic, which one
+      thread issues; the atomic's release half (acq_rel, gpu scope) then publishes them all, since
+      PTX release is cumulative over what the barrier made visible to that thread.
+    - the merger: every increment is a read-modify-write of one location, so they form a single
+      release sequence and the acquire half of the last one synchronises with the release of every
+      earlier one: each other split's stores happen before the loads below. Triton broadcasts the
+      scalar result through shared memory behind a barrier, so every thread of the merger takes
+      the branch after the acquire; the loads depend on it and cannot be hoisted above it.
+    - the loads use `.cg` (cache in L2 only): L1 is not coherent across SMs, and a line of the
+      partials may already sit in this SM's L1 from another program. A gpu-scope acquire must
+      invalidate L1 to be correct, but `.cg` does not rest on that, nor on the barrier carrying
+      the acquire to the other threads, and each partial is read once, so L1 would not help.
+    - the reset: no other program touches this counter again in this launch (all `num_active`
+      have counted), and the next launch on the stream starts after this one completes, so a
+      plain store suffices. Empty splits never touch the counter.
+    Triton 3.9 for sm_90 emits: partial stores; bar.sync; thread 0 `atom.global.gpu.acq_rel.add`;
+    st.shared + bar.sync + ld.shared of the count; branch; `ld.global.cg` of the partials.
+    """
+    tl.debug_barrier()  # every thread's partial stores, before thread 0's release
+    count = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+    if count == num_active - 1:
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, HEAD_DIM)
+        lse = tl.load(mid_lse_ptr + rows[:, None] + offs_s[None, :],
+                      mask=head_mask[:, None] & (offs_s[None, :] < num_active), other=float("-inf"),
+                      cache_modifier=".cg")  # [BLOCK_H, BLOCK_S]
+        lse_max = tl.max(lse, 1)
+        lse_max = tl.where(lse_max > float("-inf"), lse_max, 0.0)  # padded head rows
+        total = tl.sum(tl.math.exp2(lse - lse_max[:, None]), 1)  # [BLOCK_H]
+        acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
+        for s in range(num_active):
+            lse_s = tl.load(mid_lse_ptr + rows + s, mask=head_mask, other=float("-inf"), cache_modifier=".cg")
+            partial = tl.load(mid_out_ptr + (rows + s)[:, None] * HEAD_DIM + offs_d[None, :],
+                              mask=head_mask[:, None], other=0.0, cache_modifier=".cg")  # [BLOCK_H, D]
+            acc += partial * tl.math.exp2(lse_s - lse_max)[:, None]
+        result = acc / tl.where(total > 0.0, total, 1.0)[:, None]
+        tl.store(out_ptrs, result.to(out_ptrs.dtype.element_ty), mask=head_mask[:, None])
+        tl.store(counter_ptr, 0)

@@ -1,13 +1,13 @@
 """Triton kernels for the small memory-bound steps of a decoder layer: KV-cache write, RMSNorm (with
-the residual add), rotary embedding and SiLU-and-mul.
+the residual add), rotary embedding, rotary embedding fused with the KV-cache write, and SiLU-and-mul.
 
-Imported on first use by `kernels.kv_write`, `kernels.rmsnorm`, `kernels.rotary` and
-`kernels.activation`, whose entry points check shapes, strides and dtypes, document the layouts, and
-hold the pure-torch references these kernels are tested against. A CPU-only process never imports
+Imported on first use by `kernels.kv_write`, `kernels.rmsnorm`, `kernels.rotary`, `kernels.rotary_kv`
+and `kernels.activation`, whose entry points check shapes, strides and dtypes, document the layouts,
+and hold the pure-torch references these kernels are tested against. A CPU-only process never imports
 this module (nor Triton); under `TRITON_INTERPRET=1` the launchers also accept CPU tensors.
 
 Every program indexes rows with int64 offsets (a KV cache can exceed 2**31 elements). No launcher
-reads a tensor on the host, so all four can be captured in a CUDA graph. Loads and stores compile to
+reads a tensor on the host, so all of them can be captured in a CUDA graph. Loads and stores compile to
 16-byte vectors (`ld.global.v4`) when the row strides are multiples of 16 elements.
 """
 from __future__ import annotations
@@ -105,24 +105,33 @@ def _rotary_kernel(positions_ptr, query_ptr, key_ptr, cos_sin_ptr,
     token = tl.program_id(0).to(tl.int64)
     pairs = tl.arange(0, BLOCK_PAIRS)[None, :]  # [1, BLOCK_PAIRS]; pair i is channels (i, i + R/2)
     pair_mask = pairs < half_rotary
+    cos, sin = _load_cos_sin(positions_ptr, cos_sin_ptr, token, half_rotary, pairs, pair_mask,
+                             query_ptr.dtype.element_ty)
+    _rotate_heads(query_ptr + token * query_token_stride, query_head_stride, num_heads, half_rotary,
+                  cos, sin, pairs, pair_mask, query_ptr, 0, 0, BLOCK_HEADS, False)
+    _rotate_heads(key_ptr + token * key_token_stride, key_head_stride, num_kv_heads, half_rotary,
+                  cos, sin, pairs, pair_mask, key_ptr, 0, 0, BLOCK_HEADS, False)
+
+
+@triton.jit
+def _load_cos_sin(positions_ptr, cos_sin_ptr, token, half_rotary, pairs, pair_mask, dtype: tl.constexpr):
+    """cos and sin `[1, BLOCK_PAIRS]` of `token`'s position: float32 holding values rounded to `dtype`."""
     position = tl.load(positions_ptr + token).to(tl.int64)
     row = cos_sin_ptr + position * (2 * half_rotary)
-    dtype = query_ptr.dtype.element_ty
     cos = tl.load(row + pairs, mask=pair_mask, other=0.0).to(dtype).to(tl.float32)
     sin = tl.load(row + half_rotary + pairs, mask=pair_mask, other=0.0).to(dtype).to(tl.float32)
-    _rotate_heads(query_ptr + token * query_token_stride, query_head_stride, num_heads, half_rotary,
-                  cos, sin, pairs, pair_mask, BLOCK_HEADS)
-    _rotate_heads(key_ptr + token * key_token_stride, key_head_stride, num_kv_heads, half_rotary,
-                  cos, sin, pairs, pair_mask, BLOCK_HEADS)
+    return cos, sin
 
 
 @triton.jit
 def _rotate_heads(x_ptr, head_stride, num_heads, half_rotary, cos, sin, pairs, pair_mask,
-                  BLOCK_HEADS: tl.constexpr):
+                  copy_ptr, copy_head_stride, num_copy_heads, BLOCK_HEADS: tl.constexpr, COPY: tl.constexpr):
     """Rotate heads `[0, num_heads)` of the token at `x_ptr`, `BLOCK_HEADS` at a time, in place.
 
     `cos`, `sin`: `[1, BLOCK_PAIRS]` float32 holding values already rounded to the activations' dtype;
     each product, then the sum, is rounded to that dtype, as the torch layer's eager ops round them.
+    With `COPY`, the rotated channels of heads `[0, num_copy_heads)` are also stored at `copy_ptr`
+    (head stride `copy_head_stride`); the channels past `rotary_dim` are not copied.
     """
     dtype = x_ptr.dtype.element_ty
     for head_start in range(0, num_heads, BLOCK_HEADS):
@@ -132,10 +141,71 @@ def _rotate_heads(x_ptr, head_stride, num_heads, half_rotary, cos, sin, pairs, p
         ptr2 = ptr1 + half_rotary
         x1 = tl.load(ptr1, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(ptr2, mask=mask, other=0.0).to(tl.float32)
-        out1 = (x1 * cos).to(dtype).to(tl.float32) - (x2 * sin).to(dtype).to(tl.float32)
-        out2 = (x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)
-        tl.store(ptr1, out1.to(dtype), mask=mask)
-        tl.store(ptr2, out2.to(dtype), mask=mask)
+        out1 = ((x1 * cos).to(dtype).to(tl.float32) - (x2 * sin).to(dtype).to(tl.float32)).to(dtype)
+        out2 = ((x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)).to(dtype)
+        tl.store(ptr1, out1, mask=mask)
+        tl.store(ptr2, out2, mask=mask)
+        if COPY:
+            copy_mask = (heads < num_copy_heads) & pair_mask
+            copy1 = copy_ptr + heads * copy_head_stride + pairs
+            tl.store(copy1, out1, mask=copy_mask)
+            tl.store(copy1 + half_rotary, out2, mask=copy_mask)
+
+
+def rotary_and_write_kv_triton(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                               value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                               slot_mapping: torch.Tensor, cos_sin_cache: torch.Tensor, rotary_dim: int) -> None:
+    """One program per token: rotate its query and key heads in place, store the rotated key and the
+    value at its slot (the rotated channels straight from registers, the rest copied)."""
+    num_tokens, num_heads, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    if num_tokens == 0:
+        return
+    block_pairs = triton.next_power_of_2(rotary_dim // 2)
+    block_heads = min(triton.next_power_of_2(max(num_heads, num_kv_heads)), max(1, 2048 // block_pairs))
+    row_size = num_kv_heads * head_dim
+    _rotary_kv_kernel[(num_tokens,)](
+        positions, query, key, value, k_cache, v_cache, slot_mapping, cos_sin_cache,
+        query.stride(0), query.stride(1), key.stride(0), value.stride(0),
+        num_heads, num_kv_heads, head_dim, rotary_dim // 2,
+        BLOCK_HEADS=block_heads, BLOCK_PAIRS=block_pairs, BLOCK_ROW=min(triton.next_power_of_2(row_size), 2048),
+        PARTIAL=rotary_dim < head_dim, num_warps=4,
+        enable_fp_fusion=False)  # as in `rotary_embedding_triton`: products rounded like torch's
+
+
+@triton.jit
+def _rotary_kv_kernel(positions_ptr, query_ptr, key_ptr, value_ptr, k_cache_ptr, v_cache_ptr,
+                      slot_mapping_ptr, cos_sin_ptr,
+                      query_token_stride, query_head_stride, key_token_stride, value_token_stride,
+                      num_heads, num_kv_heads, head_dim, half_rotary,
+                      BLOCK_HEADS: tl.constexpr, BLOCK_PAIRS: tl.constexpr, BLOCK_ROW: tl.constexpr,
+                      PARTIAL: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    pairs = tl.arange(0, BLOCK_PAIRS)[None, :]  # [1, BLOCK_PAIRS]; pair i is channels (i, i + R/2)
+    pair_mask = pairs < half_rotary
+    cos, sin = _load_cos_sin(positions_ptr, cos_sin_ptr, token, half_rotary, pairs, pair_mask,
+                             query_ptr.dtype.element_ty)
+    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
+    row_size = num_kv_heads * head_dim
+    # A negative slot (CUDA-graph padding) still rotates its query and key but writes no cache row.
+    num_written_heads = tl.where(slot >= 0, num_kv_heads, 0)
+    written_size = tl.where(slot >= 0, row_size, 0)
+    _rotate_heads(query_ptr + token * query_token_stride, query_head_stride, num_heads, half_rotary,
+                  cos, sin, pairs, pair_mask, query_ptr, 0, 0, BLOCK_HEADS, False)
+    key_row = key_ptr + token * key_token_stride  # heads contiguous: head stride = head_dim
+    _rotate_heads(key_row, head_dim, num_kv_heads, half_rotary, cos, sin, pairs, pair_mask,
+                  k_cache_ptr + slot * row_size, head_dim, num_written_heads, BLOCK_HEADS, True)
+    # The value row, and the key channels past rotary_dim (which the rotation neither reads nor
+    # writes, so there is no read-after-write on `key` within this program).
+    for start in range(0, row_size, BLOCK_ROW):
+        cols = start + tl.arange(0, BLOCK_ROW)  # channel in [0, Hkv*D)
+        mask = cols < written_size
+        v = tl.load(value_ptr + token * value_token_stride + cols, mask=mask)
+        tl.store(v_cache_ptr + slot * row_size + cols, v, mask=mask)
+        if PARTIAL:
+            pass_mask = mask & (cols % head_dim >= 2 * half_rotary)
+            k = tl.load(key_row + cols, mask=pass_mask)
+            tl.store(k_cache_ptr + slot * row_size + cols, k, mask=pass_mask)
 
 
 def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:

@@ -44,8 +44,10 @@ def test_decode_matches_reference(num_splits, block_size, heads, dtype):
     num_heads, num_kv_heads = heads
     batch = build_paged_batch(SMALL_SEQ_LENS, [1] * len(SMALL_SEQ_LENS), num_heads, num_kv_heads, 16,
                               block_size, dtype, seed=num_splits + block_size)
-    out = run_decode(batch, 0.25, num_splits, SMALL_CONFIG)
+    workspace = alloc_workspace(len(SMALL_SEQ_LENS), num_heads, num_kv_heads, 16, num_splits, torch.device(DEVICE))
+    out = run_decode(batch, 0.25, num_splits, SMALL_CONFIG, workspace=workspace)
     assert_attention_close(out, reference(batch, 0.25))
+    assert torch.equal(workspace[2], torch.zeros_like(workspace[2])), workspace[2]
 
 
 def test_decode_head_dim_32_strided_query_and_output():
@@ -66,11 +68,15 @@ def test_decode_head_dim_32_strided_query_and_output():
 def test_decode_shared_workspace_and_empty_sequence():
     """A workspace for a larger batch serves a smaller one; seq_len 0 (a padded slot) gives zeros."""
     batch = build_paged_batch([5, 33], [1, 1], 4, 2, 16, 4, torch.float32, seed=5)
-    workspace = alloc_workspace(8, 4, 16, 4, torch.device(DEVICE))
+    workspace = alloc_workspace(8, 4, 2, 16, 4, torch.device(DEVICE))
     workspace[0].fill_(float("nan"))
     workspace[1].fill_(float("nan"))
+    workspace[2][2:].fill_(7)  # rows past the batch are never read nor written
     out = run_decode(batch, 0.25, 4, SMALL_CONFIG, workspace=workspace)
     assert_attention_close(out, reference(batch, 0.25))
+    assert (workspace[2][:2] == 0).all() and (workspace[2][2:] == 7).all(), workspace[2]
+    assert workspace[0][0].isnan().all(), "seq_len 5 fills one split, which writes the output directly"
+    assert not workspace[0][1].isnan().all(), "seq_len 33 fills three splits, merged through the workspace"
 
     padded = torch.tensor([0, 33], dtype=torch.int32, device=DEVICE)
     out = torch.full_like(batch.query, float("nan"))
@@ -78,6 +84,27 @@ def test_decode_shared_workspace_and_empty_sequence():
                          workspace, SMALL_CONFIG)
     assert torch.equal(out[0], torch.zeros_like(out[0]))
     assert_attention_close(out[1:], reference(batch, 0.25)[1:])
+    assert (workspace[2][:2] == 0).all() and (workspace[2][2:] == 7).all(), workspace[2]
+
+
+@pytest.mark.parametrize("num_splits", [3, 8])
+def test_decode_consecutive_calls_share_workspace(num_splits):
+    """Each launch leaves the counters at zero, so the next launch (another layer, a graph replay)
+    merges at the right time: new inputs match the reference and repeated inputs repeat the output."""
+    num_heads, num_kv_heads, head_dim = 4, 2, 16
+    first = build_paged_batch([45, 1, 30], [1] * 3, num_heads, num_kv_heads, head_dim, 4, torch.bfloat16, seed=7)
+    second = build_paged_batch([17, 64, 2], [1] * 3, num_heads, num_kv_heads, head_dim, 4, torch.bfloat16,
+                               seed=8)
+    workspace = alloc_workspace(3, num_heads, num_kv_heads, head_dim, num_splits, torch.device(DEVICE))
+    workspace[0].fill_(float("nan"))
+    workspace[1].fill_(float("nan"))
+    outputs = []
+    for batch in (first, second, first):
+        out = run_decode(batch, 0.25, num_splits, SMALL_CONFIG, workspace=workspace)
+        assert_attention_close(out, reference(batch, 0.25))
+        assert torch.equal(workspace[2], torch.zeros_like(workspace[2])), workspace[2]
+        outputs.append(out)
+    assert torch.equal(outputs[0], outputs[2])
 
 
 def test_choose_num_splits():
@@ -169,7 +196,7 @@ def test_gpu_decode_cuda_graph_replay_with_new_metadata():
     tables = torch.zeros(4, width, dtype=torch.int32, device="cuda")
     seq_lens = torch.empty(4, dtype=torch.int32, device="cuda")
     out = torch.empty_like(query)
-    workspace = alloc_workspace(4, num_heads, head_dim, 16, torch.device("cuda"))
+    workspace = alloc_workspace(4, num_heads, num_kv_heads, head_dim, 16, torch.device("cuda"))
 
     def load(batch):
         k_cache.zero_()
@@ -199,3 +226,4 @@ def test_gpu_decode_cuda_graph_replay_with_new_metadata():
         graph.replay()
         torch.cuda.synchronize()
         assert_attention_close(out, reference(batch, head_dim ** -0.5))
+        assert torch.equal(workspace[2], torch.zeros_like(workspace[2])), workspace[2]

@@ -6,6 +6,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama import modeling_llama
 
+from services.worker.layers.attention import Attention, AttentionMetadata
 from services.worker.layers.linear import MergedLinear, QKVLinear
 from services.worker.layers.norm import RMSNorm
 from services.worker.layers.rotary import RotaryEmbedding, get_rope
@@ -59,6 +60,29 @@ def test_partial_rotary_rotates_only_the_leading_channels():
 def test_unsupported_rope_type_fails_at_build():
     with pytest.raises(ValueError, match="yarn"):
         get_rope(64, 1.0, 128, 1e4, {"rope_type": "yarn", "factor": 2.0})
+
+
+def test_attention_with_rotary_rotates_as_it_writes_the_cache():
+    """Attention(rotary_emb) on unrotated q/k equals the rotary layer, then Attention without one:
+    same output, same cache, and q/k rotated in place."""
+    rope = get_rope(16, 0.5, 64, 10000.0, None)
+    positions, slots = torch.tensor([3, 4, 5]), torch.tensor([5, 6, 7])
+    metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=torch.tensor([0, 3], dtype=torch.int32),
+                                 seq_lens=torch.tensor([6], dtype=torch.int32),
+                                 block_tables=torch.tensor([[1, 0]], dtype=torch.int32), max_query_len=3)
+    q, k, v = torch.randn(3, 4 * 16), torch.randn(3, 2 * 16), torch.randn(3, 2 * 16)
+    cache = torch.randn(2, 2, 4, 2, 16).unbind(0)  # (k_cache, v_cache), 4 slots a block
+    fused, unfused = Attention(4, 2, 16, 0.25, rotary_emb=rope), Attention(4, 2, 16, 0.25)
+    fused.kv_cache = tuple(c.clone() for c in cache)
+    unfused.kv_cache = tuple(c.clone() for c in cache)
+    fused_q, fused_k = q.clone(), k.clone()
+    out = fused(fused_q, fused_k, v, metadata, positions)
+    want_q, want_k = rope(positions, q.clone(), k.clone())
+    torch.testing.assert_close(out, unfused(want_q, want_k, v, metadata), rtol=0, atol=0)
+    assert torch.equal(fused_q, want_q) and torch.equal(fused_k, want_k)
+    assert all(torch.equal(a, b) for a, b in zip(fused.kv_cache, unfused.kv_cache, strict=True))
+    with pytest.raises(AssertionError, match="needs positions"):
+        fused(q.clone(), k.clone(), v, metadata)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

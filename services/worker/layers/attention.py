@@ -1,5 +1,7 @@
 """The attention layer: write this step's K/V into the paged cache, then attend over the cache.
 
+Given a `RotaryEmbedding`, the layer also rotates the query and key first, in the same kernel launch
+as the cache write (`kernels.rotary_kv`); the caller then passes unrotated q/k and the positions.
 The layer holds no weights. Its `kv_cache` (one `(k_cache, v_cache)` pair, each
 `[num_blocks, block_size, Hkv, D]`) is bound by `kv_cache.bind_kv_cache` after allocation; the
 step's `AttentionMetadata` arrives with every forward call.
@@ -13,6 +15,8 @@ from torch import nn
 
 from kernels import attention
 from kernels.kv_write import write_kv
+from kernels.rotary_kv import rotary_and_write_kv
+from services.worker.layers.rotary import RotaryEmbedding
 
 
 @dataclass
@@ -28,24 +32,36 @@ class AttentionMetadata:
 
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                 rotary_emb: RotaryEmbedding | None = None):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
+        if rotary_emb is not None:
+            assert rotary_emb.head_dim == head_dim, (rotary_emb.head_dim, head_dim)
+        self.rotary_emb = rotary_emb  # may be shared by every layer; holds no parameters
         self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.max_seq_len_hint = 8192  # used when metadata gives no bound
         self._num_sms: int | None = None
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                metadata: AttentionMetadata) -> torch.Tensor:
-        """query `[T, Hq*D]`, key and value `[T, Hkv*D]` -> `[T, Hq*D]`."""
+                metadata: AttentionMetadata, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """query `[T, Hq*D]`, key and value `[T, Hkv*D]` -> `[T, Hq*D]`.
+
+        With a `rotary_emb`, `positions [T]` is required, and query and key are rotated in place.
+        """
         if self.kv_cache is None:
             raise RuntimeError("attention layer has no KV cache bound (call bind_kv_cache first)")
         k_cache, v_cache = self.kv_cache
         query = query.view(-1, self.num_heads, self.head_dim)  # [T, Hq, D]
         key = key.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         value = value.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        write_kv(key, value, k_cache, v_cache, metadata.slot_mapping)
+        if self.rotary_emb is None:
+            write_kv(key, value, k_cache, v_cache, metadata.slot_mapping)
+        else:
+            assert positions is not None, "an attention layer with a rotary_emb needs positions"
+            rotary_and_write_kv(positions, query, key, value, k_cache, v_cache, metadata.slot_mapping,
+                                self.rotary_emb.cos_sin_cache, self.rotary_emb.rotary_dim)
         if metadata.max_query_len == 1:
             num_splits = self._num_splits(query.shape[0], metadata.max_seq_len, query.device)
             out = attention.decode_attention(query, k_cache, v_cache, metadata.block_tables,

@@ -1,0 +1,161 @@
+"""Where a decode step's GPU time goes: graph replay time, per-kernel times, and each projection's GEMV.
+
+`python -m benchmarks.profile_decode MODEL_DIR [--batch 1 64] [--context 384] [--out FILE]` builds the
+worker's `ModelRunner` on a Hugging Face-format directory (random weights, `--load-format dummy`),
+then for each batch size B:
+
+- replays the decode CUDA graph of bucket B with every sequence `--context` tokens long and reports
+  the median step time (CUDA events around 100 replays) next to the weights roofline (weights bytes
+  read per step / the measured device-to-device copy bandwidth);
+- profiles 20 replays with `torch.profiler` and lists every kernel's mean time per step and share.
+
+It also times `F.linear` at M = B for each projection shape of the model (median of
+`triton.testing.do_bench`, L2 flushed) as achieved GB/s of the weight bytes. Prints tables; `--out`
+writes JSON (`what: "profile_decode"`). Needs a CUDA GPU; about a minute for an 8B model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton.testing
+
+from services.worker.config import WorkerConfig
+from services.worker.model_runner import ModelRunner
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB: bytes read + written per second."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=5, rep=50)
+    return 2 * src.numel() / (ms / 1e3)
+
+
+def decode_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes a decode step reads: every parameter except the input embedding (one row per token)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    embed = model.model.embed_tokens.weight
+    tied = getattr(model.lm_head, "weight", None) is embed
+    return total if tied else total - embed.numel() * embed.element_size()
+
+
+def fill_graph_inputs(runner: ModelRunner, batch: int, context: int) -> None:
+    """Every row a sequence of `context` tokens whose blocks are distinct and in range."""
+    graphs = runner.graphs
+    bs = runner.config.block_size
+    blocks = -(-context // bs)
+    assert batch * blocks <= runner.num_blocks, "KV cache too small for this batch x context"
+    table = torch.arange(batch * blocks, dtype=torch.int32, device="cuda").view(batch, blocks)
+    graphs.block_tables[:batch, :blocks].copy_(table)
+    graphs.seq_lens[:batch].fill_(context)
+    graphs.positions[:batch].fill_(context - 1)
+    graphs.slot_mapping[:batch].copy_(table[:, -1].long() * bs + (context - 1) % bs)
+    graphs.input_ids[:batch].random_(0, runner.model_config.vocab_size)
+
+
+def time_replays(graph: torch.cuda.CUDAGraph, steps: int = 100) -> float:
+    """Median milliseconds of one replay over `steps` replays, each timed by its own events."""
+    for _ in range(5):
+        graph.replay()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+    for start, end in events:
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(start.elapsed_time(end) for start, end in events)
+    return times[len(times) // 2]
+
+
+def kernel_table(graph: torch.cuda.CUDAGraph, steps: int = 20) -> list[dict]:
+    """Per kernel name: calls per step and mean microseconds per step, biggest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            graph.replay()
+        torch.cuda.synchronize()
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time_total > 0:
+            entry = totals[event.name[:90]]
+            entry[0] += 1
+            entry[1] += event.device_time_total
+    rows = [{"kernel": name, "calls_per_step": calls / steps, "us_per_step": us / steps}
+            for name, (calls, us) in totals.items()]
+    return sorted(rows, key=lambda r: -r["us_per_step"])
+
+
+def projection_shapes(runner: ModelRunner) -> dict[str, tuple[int, int]]:
+    layer = runner.model.model.layers[0]
+    shapes = {name: tuple(module.weight.shape) for name, module in (
+        ("qkv_proj", layer.self_attn.qkv_proj), ("o_proj", layer.self_attn.o_proj),
+        ("gate_up_proj", layer.mlp.gate_up_proj), ("down_proj", layer.mlp.down_proj))}
+    shapes["lm_head"] = tuple(runner.model.lm_head.weight.shape)
+    return shapes
+
+
+def gemv_rows(shapes: dict[str, tuple[int, int]], batch: int, dtype: torch.dtype, bandwidth: float) -> list[dict]:
+    rows = []
+    for name, (n, k) in shapes.items():
+        weight = torch.randn(n, k, device="cuda", dtype=dtype)
+        x = torch.randn(batch, k, device="cuda", dtype=dtype)
+        ms = triton.testing.do_bench(lambda: F.linear(x, weight), warmup=10, rep=100)  # noqa: B023
+        gbps = weight.numel() * weight.element_size() / (ms / 1e3) / 1e9
+        rows.append({"projection": name, "n": n, "k": k, "batch": batch, "us": ms * 1e3, "gb_s": gbps,
+                     "bw_fraction": gbps * 1e9 / bandwidth})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--context", type=int, default=384)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    runner = ModelRunner(WorkerConfig(model=args.model, load_format="dummy", dtype="bfloat16",
+                                      max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                                      max_graph_batch_size=max(args.batch), max_num_batched_tokens=max(8192, max(args.batch))))
+    bandwidth = copy_bandwidth()
+    weight_bytes = decode_weight_bytes(runner.model)
+    floor_ms = weight_bytes / bandwidth * 1e3
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; decode reads {weight_bytes / 1e9:.2f} GB of weights "
+          f"-> {floor_ms:.3f} ms floor, {1e3 / floor_ms:.0f} steps/s")
+    result = {"what": "profile_decode", "model": args.model, "context": args.context,
+              "copy_bandwidth": bandwidth, "weight_bytes": weight_bytes, "graphs": [], "gemv": []}
+    for batch in args.batch:
+        bucket = runner.graphs.bucket_for(batch)
+        fill_graph_inputs(runner, bucket, args.context)
+        graph = runner.graphs.graphs[bucket]
+        step_ms = time_replays(graph)
+        table = kernel_table(graph)
+        kernel_us = sum(r["us_per_step"] for r in table)
+        print(f"\nbatch {bucket}: graph replay {step_ms:.3f} ms/step ({1e3 / step_ms:.1f} steps/s, "
+              f"{floor_ms / step_ms:.1%} of the weights roofline); kernels sum {kernel_us / 1e3:.3f} ms, "
+              f"{sum(r['calls_per_step'] for r in table):.0f} launches")
+        for r in table:
+            print(f"  {r['us_per_step']:9.1f} us {r['us_per_step'] / 1e3 / step_ms:6.1%} "
+                  f"x{r['calls_per_step']:<5.0f} {r['kernel']}")
+        result["graphs"].append({"batch": bucket, "step_ms": step_ms, "kernel_sum_ms": kernel_us / 1e3,
+                                 "roofline_fraction": floor_ms / step_ms, "kernels": table})
+        gemv = gemv_rows(projection_shapes(runner), bucket, runner.dtype, bandwidth)
+        for r in gemv:
+            print(f"  F.linear M={bucket} {r['projection']:13s} [{r['n']}x{r['k']}] {r['us']:8.1f} us "
+                  f"{r['gb_s']:7.0f} GB/s ({r['bw_fraction']:.1%})")
+        result["gemv"] += gemv
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
