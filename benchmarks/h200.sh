@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks and GPU tests on one GPU machine, in phases; every figure lands in OUT as JSON.
-#   bash benchmarks/h200.sh OUT PHASE...    phases: gputests kernels gemv profile stack inprocess peer report
+#   bash benchmarks/h200.sh OUT PHASE...    phases: gputests kernels profile stack inprocess peer report
 # `stack` serves a random-weight Llama-3-8B-shaped model (bf16, --load-format dummy) through the
 # three gRPC services and drives it with benchmarks/serve.py; `inprocess` runs the same workloads
 # on the in-process engine (no gRPC); `peer` runs transformers' generate (PEER_DIR/hf_generate.py,
@@ -59,8 +59,6 @@ for phase in "$@"; do
     peer)
       timeout 420 python3 "$PEER_DIR/hf_generate.py" ${PEER_PLAN:-llama3-8b:1:128:256 llama3-8b:64:128:256 llama3-8b:128:128:256} \
         2>/dev/null | tee "$OUT/hf_generate.jsonl" ;;
-    gemv)
-      timeout 300 python3 -m benchmarks.kernels_gemv ${GEMV_FLAGS:-} --out "$OUT/kernels_gemv.json" 2>&1 | grep -v Warning | tail -n 60 ;;
     profile)
       python3 -m benchmarks.models llama3-8b "$MODEL" >/dev/null
       timeout 240 python3 -m benchmarks.profile_decode "$MODEL" --batch ${PROFILE_BATCH:-1 64} --context ${PROFILE_CONTEXT:-384} --out "$OUT/profile_decode${PROFILE_TAG:-}.json" 2>&1 | grep -v Warning | tail -n 120 ;;

@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import gemv
-
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id: Hashable = None) -> None:
     """Whole-tensor copy with dtype conversion; shapes must match exactly."""
@@ -55,8 +53,6 @@ class Linear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if gemv.fits(x):  # a decode batch of a few rows: one Triton launch, no split-K reduction
-            return gemv.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)  # [T, output_size]
 
 

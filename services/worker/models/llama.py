@@ -15,7 +15,6 @@ from torch import nn
 from services.worker.layers.activation import SiluAndMul
 from services.worker.layers.attention import Attention, AttentionMetadata
 from services.worker.layers.embedding import LMHead, VocabEmbedding
-from services.worker.layers.fused import act_then_linear, norm_then_linear
 from services.worker.layers.linear import Linear, MergedLinear, QKVLinear
 from services.worker.layers.norm import RMSNorm
 from services.worker.layers.rotary import RotaryEmbedding, get_rope
@@ -32,9 +31,8 @@ class LlamaMLP(nn.Module):
         self.act_fn = SiluAndMul()
         self.down_proj = Linear(inter, config.hidden_size, bias=config.mlp_bias)
 
-    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """`gate_up [T, 2I]`, the output of `gate_up_proj` (run by the decoder layer) -> `[T, H]`."""
-        return act_then_linear(self.act_fn, self.down_proj, gate_up)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))  # [T, 2I] -> [T, I] -> [T, H]
 
 
 class LlamaAttention(nn.Module):
@@ -46,10 +44,9 @@ class LlamaAttention(nn.Module):
         # `rotary_emb` is shared by all layers; the attention layer rotates q/k as it writes the cache.
         self.attn = Attention(heads, kv_heads, head_dim, scale=head_dim ** -0.5, rotary_emb=rotary_emb)
 
-    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, metadata: AttentionMetadata
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, metadata: AttentionMetadata
                 ) -> torch.Tensor:
-        """`qkv`, the output of `qkv_proj` (run by the decoder layer) -> `[T, H]`."""
-        q, k, v = self.qkv_proj.split(qkv)  # [T, Hq*D], [T, Hkv*D], [T, Hkv*D]
+        q, k, v = self.qkv_proj.split(self.qkv_proj(hidden))  # [T, Hq*D], [T, Hkv*D], [T, Hkv*D]
         return self.o_proj(self.attn(q, k, v, metadata, positions))  # [T, Hq*D] -> [T, H]
 
 
@@ -64,13 +61,14 @@ class LlamaDecoderLayer(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
                 metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-norm block. `residual` is the running sum of the stream, `hidden` the last sublayer's
-        output (None residual on the first layer: hidden is then the embedding). Each norm runs
-        with the projection after it (one launch at decode batch sizes, see `layers/fused.py`)."""
-        qkv, residual = norm_then_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden, residual)
-        hidden = self.self_attn(positions, qkv, metadata)
-        gate_up, residual = norm_then_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden,
-                                             residual)
-        return self.mlp(gate_up), residual
+        output (None residual on the first layer: hidden is then the embedding)."""
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, metadata)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaModel(nn.Module):
