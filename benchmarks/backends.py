@@ -161,6 +161,7 @@ class InProcessBackend:
 
     async def start(self) -> ServerInfo:
         from services import cli
+        from services.common.gc_tuning import tune_gc
         from services.scheduler.engine import SchedulerEngine
         from services.worker.local_link import LocalWorkerLink
         try:
@@ -173,6 +174,7 @@ class InProcessBackend:
             spec = await self.engine.start()
         except ValueError as exc:
             raise BenchmarkError(f"cannot start the in-process engine: {exc}") from exc
+        tune_gc()  # as every service does once started
         return ServerInfo(spec.model_name, spec.vocab_size, spec.max_model_len, list(spec.eos_token_ids))
 
     async def generate(self, request_id: str, prompt_token_ids: list[int],

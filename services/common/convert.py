@@ -98,23 +98,24 @@ def plan_from_pb(pb: worker_pb2.StepRequest) -> StepPlan:
 
 
 def result_to_pb(result: StepResult, compute_seconds: float = 0.0) -> worker_pb2.StepResponse:
-    sampled = []
-    for t in result.sampled:
-        pb = worker_pb2.SampledToken(request_id=t.request_id, token_id=t.token_id)
-        if t.logprob is not None:
-            pb.logprob.CopyFrom(logprob_to_pb(t))
-        sampled.append(pb)
-    return worker_pb2.StepResponse(step_id=result.step_id, sampled=sampled,
-                                   compute_seconds=compute_seconds)
+    """Columnar: two packed lists for every row, TokenLogprob messages only for rows that asked."""
+    rows = [row for row, t in enumerate(result.sampled) if t.logprob is not None]
+    return worker_pb2.StepResponse(
+        step_id=result.step_id, compute_seconds=compute_seconds,
+        sampled_request_ids=[t.request_id for t in result.sampled],
+        sampled_token_ids=[t.token_id for t in result.sampled],
+        logprob_rows=rows, logprobs=[logprob_to_pb(result.sampled[row]) for row in rows])
 
 
 def result_from_pb(pb: worker_pb2.StepResponse) -> StepResult:
-    sampled = []
-    for t in pb.sampled:
-        if t.HasField("logprob"):
-            sampled.append(logprob_from_pb(t.request_id, t.logprob))
-        else:
-            sampled.append(SampledToken(request_id=t.request_id, token_id=t.token_id))
+    num_rows = len(pb.sampled_request_ids)
+    if num_rows != len(pb.sampled_token_ids) or len(pb.logprob_rows) != len(pb.logprobs) \
+            or any(row >= num_rows for row in pb.logprob_rows):
+        raise ValueError("StepResponse: parallel lists differ in length or a logprob row is out of range")
+    sampled = [SampledToken(request_id=rid, token_id=token_id)
+               for rid, token_id in zip(pb.sampled_request_ids, pb.sampled_token_ids)]
+    for row, logprob in zip(pb.logprob_rows, pb.logprobs):
+        sampled[row] = logprob_from_pb(sampled[row].request_id, logprob)
     return StepResult(step_id=pb.step_id, sampled=sampled)
 
 

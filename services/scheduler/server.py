@@ -5,6 +5,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from services.common.gc_tuning import tune_gc
 from services.common.metrics import serve_metrics
 from services.common.pb import scheduler_pb2, scheduler_pb2_grpc
 from services.common.rpc import GrpcServer, ServerAddress, full_name
@@ -38,6 +39,7 @@ async def serve(config: SchedulerServiceConfig, ready: asyncio.Event | None = No
     await server.set_serving(True)
     log.info("scheduler serving: %d KV blocks of %d tokens, max_model_len %d", spec.num_blocks,
              spec.block_size, spec.max_model_len)
+    tune_gc()
     if ready:
         ready.set()
     try:

@@ -5,6 +5,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from services.common.gc_tuning import tune_gc
 from services.common.metrics import serve_metrics
 from services.common.pb import tokenizer_pb2, tokenizer_pb2_grpc
 from services.common.rpc import GrpcServer, ServerAddress, full_name
@@ -35,6 +36,7 @@ async def serve(config: TokenizerServiceConfig, ready: asyncio.Event | None = No
     await server.set_serving(True)
     log.info("tokenizer serving on %s:%d (scheduler %s)", config.address.host, server.port,
              config.scheduler_address)
+    tune_gc()
     if ready:
         ready.set()
     try:

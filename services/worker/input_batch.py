@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from services.common.errors import FailedPrecondition, InvalidArgument
@@ -32,6 +33,13 @@ class RequestState:
     # Tokens sampled by launched steps whose values are still on the device, oldest first: each
     # is (that step's sampled ids [S] on the device, this request's row in it).
     pending: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    _block_array: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def block_array(self) -> np.ndarray:
+        """`block_ids` as int32, rebuilt only when blocks were added (once per block_size tokens)."""
+        if self._block_array is None or len(self._block_array) != len(self.block_ids):
+            self._block_array = np.array(self.block_ids, dtype=np.int32)
+        return self._block_array
 
     @property
     def num_tokens(self) -> int:
@@ -175,7 +183,7 @@ class InputBatch:
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []
-        query_start_loc, seq_lens, block_tables = [0], [], []
+        query_start_loc, seq_lens = [0], []
         logits_indices, sampling_requests = [], []
         pending_rows: list[tuple[int, torch.Tensor, int]] = []  # (input row, source ids, source row)
         for state, n in scheduled:
@@ -191,19 +199,21 @@ class InputBatch:
             slot_mapping += [state.block_ids[p // bs] * bs + p % bs for p in range(start, end)]
             query_start_loc.append(query_start_loc[-1] + n)
             seq_lens.append(end)
-            block_tables.append(state.block_ids[:_num_blocks(end, bs)])
             if end == state.num_tokens:
                 logits_indices.append(query_start_loc[-1] - 1)
                 sampling_requests.append(state)
-        width = max(len(table) for table in block_tables)
-        padded = [table + [0] * (width - len(table)) for table in block_tables]
+        # Block tables through numpy: at 512 sequences of 2k tokens a Python list would be 64k ints.
+        width = _num_blocks(max(seq_lens), bs)
+        tables = np.zeros((len(scheduled), width), dtype=np.int32)
+        for row, end in enumerate(seq_lens):
+            num_blocks = _num_blocks(end, bs)
+            tables[row, :num_blocks] = scheduled[row][0].block_array()[:num_blocks]
 
         # Two host->device copies per step: one int64 and one int32 buffer, split into views.
         longs = _to_device([input_ids, positions, slot_mapping, logits_indices], torch.int64, device)
-        ints = _to_device([query_start_loc, seq_lens, [t for row in padded for t in row]],
-                          torch.int32, device)
+        ints = _to_device([query_start_loc, seq_lens, tables.ravel()], torch.int32, device)
         ids, positions_t, slots, logits_indices_t = longs
-        qsl, lens, tables = ints
+        qsl, lens, tables_t = ints
         if pending_rows:
             dst, src_rows, sources = [], [], []
             for dst_row, source, src_row in pending_rows:
@@ -216,21 +226,27 @@ class InputBatch:
                 gathered = torch.stack([src[r] for src, r in zip(sources, src_rows)])
             ids[_host_to_device(dst, torch.int64, device)] = gathered
         metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=qsl, seq_lens=lens,
-                                     block_tables=tables.view(len(padded), width),
+                                     block_tables=tables_t.view(len(scheduled), width),
                                      max_query_len=max(n for _, n in scheduled),
                                      max_seq_len=max(seq_lens))
         return ModelInputs(ids, positions_t, metadata, logits_indices_t, sampling_requests,
                            is_decode=len(input_ids) == len(scheduled))
 
 
-def _to_device(lists: list[list[int]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """Concatenate int lists into one host tensor, copy it once, and return per-list views."""
-    flat = _host_to_device([v for values in lists for v in values], dtype, device)
-    return list(flat.split([len(values) for values in lists]))
+_NUMPY_DTYPES = {torch.int32: np.int32, torch.int64: np.int64}
 
 
-def _host_to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _to_device(lists: list[list[int] | np.ndarray], dtype: torch.dtype, device: torch.device
+               ) -> list[torch.Tensor]:
+    """Concatenate int lists (or 1-D arrays) into one host tensor, copy it once, and return views."""
+    np_dtype = _NUMPY_DTYPES[dtype]
+    flat = np.concatenate([np.asarray(values, dtype=np_dtype) for values in lists])
+    return list(_host_to_device(flat, dtype, device).split([len(values) for values in lists]))
+
+
+def _host_to_device(values: list[int] | np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Pinned host memory and an asynchronous copy: a pageable copy would wait for the device."""
+    host = torch.from_numpy(np.asarray(values, dtype=_NUMPY_DTYPES[dtype]))
     if device.type == "cpu":
-        return torch.tensor(values, dtype=dtype)
-    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+        return host
+    return host.pin_memory().to(device, non_blocking=True)

@@ -53,11 +53,13 @@ class SamplingBatch:
     """One step's sampling parameters as tensors on the logits' device; B rows, V = vocab_size."""
 
     vocab_size: int
-    greedy: torch.Tensor  # [B] bool, temperature == 0
-    temperature: torch.Tensor  # [B] f32, 1.0 on greedy rows so that division is safe
-    top_k: torch.Tensor  # [B] long in [1, V]; V where top-k is off
-    top_p: torch.Tensor  # [B] f32 in (0, 1]
-    min_p: torch.Tensor  # [B] f32 in [0, 1]
+    # The five per-row parameter tensors are None when every row is greedy (`all_greedy`): argmax
+    # needs none of them, and a step of hundreds of greedy rows then builds no tensor at all.
+    greedy: torch.Tensor | None  # [B] bool, temperature == 0
+    temperature: torch.Tensor | None  # [B] f32, 1.0 on greedy rows so that division is safe
+    top_k: torch.Tensor | None  # [B] long in [1, V]; V where top-k is off
+    top_p: torch.Tensor | None  # [B] f32 in (0, 1]
+    min_p: torch.Tensor | None  # [B] f32 in [0, 1]
     all_greedy: bool
     use_top_k_top_p: bool  # some row has top_k > 0 or top_p < 1
     use_min_p: bool  # some row has min_p > 0
@@ -90,16 +92,17 @@ class SamplingBatch:
             _check_ids([[t for _, t in blocked]], vocab)
             blocked_rows, blocked_ids = _tensor(blocked, dtype=torch.long, device=device).unbind(1)
         requested = [p.logprobs for p in params if p.logprobs is not None]
+        all_greedy = all(greedy)
         return cls(
             vocab_size=vocab,
-            greedy=_tensor(greedy, dtype=torch.bool, device=device),
-            temperature=_tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)],
-                                     **f32),
-            top_k=_tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params],
-                               dtype=torch.long, device=device),
-            top_p=_tensor([p.top_p for p in params], **f32),
-            min_p=_tensor([p.min_p for p in params], **f32),
-            all_greedy=all(greedy),
+            greedy=None if all_greedy else _tensor(greedy, dtype=torch.bool, device=device),
+            temperature=None if all_greedy else _tensor(
+                [1.0 if g else p.temperature for g, p in zip(greedy, params)], **f32),
+            top_k=None if all_greedy else _tensor(
+                [min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params], dtype=torch.long, device=device),
+            top_p=None if all_greedy else _tensor([p.top_p for p in params], **f32),
+            min_p=None if all_greedy else _tensor([p.min_p for p in params], **f32),
+            all_greedy=all_greedy,
             use_top_k_top_p=any(not g and (p.top_k > 0 or p.top_p < 1.0)
                                 for g, p in zip(greedy, params)),
             use_min_p=any(not g and p.min_p > 0.0 for g, p in zip(greedy, params)),

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from services.common.gc_tuning import tune_gc
 from services.common.metrics import serve_metrics
 from services.common.pb import worker_pb2, worker_pb2_grpc
 from services.common.rpc import GrpcServer, ServerAddress, full_name
@@ -36,6 +37,7 @@ async def serve(config: WorkerServiceConfig, ready: asyncio.Event | None = None,
     await executor.load(ModelRunner, config.worker)
     await server.set_serving(True)
     log.info("worker serving: %s", executor.runner.cache_spec())
+    tune_gc()
     if ready:
         ready.set()
     try:

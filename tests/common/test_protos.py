@@ -55,6 +55,21 @@ def test_step_round_trip():
                     num_scheduled_tokens={"a": 4, "b": 1}, finished_request_ids=["c"])
     back = convert.plan_from_pb(convert.plan_to_pb(plan))
     assert back == plan
-    result = StepResult(step_id=7, sampled=[SampledToken("a", 5, -0.5, [(5, -0.5), (6, -1.0)]),
-                                            SampledToken("b", 8)])
-    assert convert.result_from_pb(convert.result_to_pb(result)) == result
+    result = StepResult(step_id=7, sampled=[SampledToken("b", 8), SampledToken("a", 5, -0.5, [(5, -0.5), (6, -1.0)]),
+                                            SampledToken("d", 2)])
+    pb = convert.result_to_pb(result)
+    assert list(pb.logprob_rows) == [1], "only the row that asked carries a TokenLogprob"
+    assert convert.result_from_pb(pb) == result
+
+
+@pytest.mark.parametrize("corrupt", ["short_tokens", "row_out_of_range", "unpaired_logprob"])
+def test_malformed_step_response_is_rejected(corrupt):
+    pb = convert.result_to_pb(StepResult(step_id=1, sampled=[SampledToken("a", 5, -0.5), SampledToken("b", 8)]))
+    if corrupt == "short_tokens":
+        del pb.sampled_token_ids[1]
+    elif corrupt == "row_out_of_range":
+        pb.logprob_rows[0] = 2
+    else:
+        pb.logprob_rows.append(1)
+    with pytest.raises(ValueError):
+        convert.result_from_pb(pb)

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from services.common.pb import common_pb2 as sluice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/worker.proto\x12\tsluice.v1\x1a\x16sluice/v1/common.proto\"\r\n\x0bInitRequest\"\x89\x01\n\tCacheSpec\x12\x12\n\nnum_blocks\x18\x01 \x01(\r\x12\x12\n\nblock_size\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x15\n\reos_token_ids\x18\x05 \x03(\x05\x12\x12\n\nmodel_name\x18\x06 \x01(\t\"\xb1\x01\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x18\n\x10output_token_ids\x18\x03 \x03(\x05\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.sluice.v1.SamplingParams\x12\x11\n\tblock_ids\x18\x05 \x03(\r\x12\x1b\n\x13num_computed_tokens\x18\x06 \x01(\r\"W\n\rCachedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rnew_block_ids\x18\x02 \x03(\r\x12\x1b\n\x13num_computed_tokens\x18\x03 \x01(\r\"\xd9\x01\n\x0bStepRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12+\n\x0cnew_requests\x18\x02 \x03(\x0b\x32\x15.sluice.v1.NewRequest\x12\x31\n\x0f\x63\x61\x63hed_requests\x18\x03 \x03(\x0b\x32\x18.sluice.v1.CachedRequest\x12\x1d\n\x15scheduled_request_ids\x18\x04 \x03(\t\x12\x1c\n\x14num_scheduled_tokens\x18\x05 \x03(\r\x12\x1c\n\x14\x66inished_request_ids\x18\x06 \x03(\t\"^\n\x0cSampledToken\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12(\n\x07logprob\x18\x03 \x01(\x0b\x32\x17.sluice.v1.TokenLogprob\"b\n\x0cStepResponse\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12(\n\x07sampled\x18\x02 \x03(\x0b\x32\x17.sluice.v1.SampledToken\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\x32\xb5\x01\n\x06Worker\x12\x34\n\x04Init\x12\x16.sluice.v1.InitRequest\x1a\x14.sluice.v1.CacheSpec\x12\x37\n\x04Step\x12\x16.sluice.v1.StepRequest\x1a\x17.sluice.v1.StepResponse\x12<\n\x05Steps\x12\x16.sluice.v1.StepRequest\x1a\x17.sluice.v1.StepResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/worker.proto\x12\tsluice.v1\x1a\x16sluice/v1/common.proto\"\r\n\x0bInitRequest\"\x89\x01\n\tCacheSpec\x12\x12\n\nnum_blocks\x18\x01 \x01(\r\x12\x12\n\nblock_size\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x15\n\reos_token_ids\x18\x05 \x03(\x05\x12\x12\n\nmodel_name\x18\x06 \x01(\t\"\xb1\x01\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x18\n\x10output_token_ids\x18\x03 \x03(\x05\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.sluice.v1.SamplingParams\x12\x11\n\tblock_ids\x18\x05 \x03(\r\x12\x1b\n\x13num_computed_tokens\x18\x06 \x01(\r\"W\n\rCachedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rnew_block_ids\x18\x02 \x03(\r\x12\x1b\n\x13num_computed_tokens\x18\x03 \x01(\r\"\xd9\x01\n\x0bStepRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12+\n\x0cnew_requests\x18\x02 \x03(\x0b\x32\x15.sluice.v1.NewRequest\x12\x31\n\x0f\x63\x61\x63hed_requests\x18\x03 \x03(\x0b\x32\x18.sluice.v1.CachedRequest\x12\x1d\n\x15scheduled_request_ids\x18\x04 \x03(\t\x12\x1c\n\x14num_scheduled_tokens\x18\x05 \x03(\r\x12\x1c\n\x14\x66inished_request_ids\x18\x06 \x03(\t\"\xb7\x01\n\x0cStepResponse\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\x12\x1b\n\x13sampled_request_ids\x18\x04 \x03(\t\x12\x19\n\x11sampled_token_ids\x18\x05 \x03(\x05\x12\x14\n\x0clogprob_rows\x18\x06 \x03(\r\x12)\n\x08logprobs\x18\x07 \x03(\x0b\x32\x17.sluice.v1.TokenLogprobJ\x04\x08\x02\x10\x03\x32\xb5\x01\n\x06Worker\x12\x34\n\x04Init\x12\x16.sluice.v1.InitRequest\x1a\x14.sluice.v1.CacheSpec\x12\x37\n\x04Step\x12\x16.sluice.v1.StepRequest\x1a\x17.sluice.v1.StepResponse\x12<\n\x05Steps\x12\x16.sluice.v1.StepRequest\x1a\x17.sluice.v1.StepResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,10 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CACHEDREQUEST']._serialized_end=483
   _globals['_STEPREQUEST']._serialized_start=486
   _globals['_STEPREQUEST']._serialized_end=703
-  _globals['_SAMPLEDTOKEN']._serialized_start=705
-  _globals['_SAMPLEDTOKEN']._serialized_end=799
-  _globals['_STEPRESPONSE']._serialized_start=801
-  _globals['_STEPRESPONSE']._serialized_end=899
-  _globals['_WORKER']._serialized_start=902
-  _globals['_WORKER']._serialized_end=1083
+  _globals['_STEPRESPONSE']._serialized_start=706
+  _globals['_STEPRESPONSE']._serialized_end=889
+  _globals['_WORKER']._serialized_start=892
+  _globals['_WORKER']._serialized_end=1073
 # @@protoc_insertion_point(module_scope)
