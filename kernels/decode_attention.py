@@ -158,7 +158,9 @@ def _check(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
     assert scale > 0 and math.isfinite(scale), scale
 
 
-@triton.jit
+# The block-table width changes every step: specialising on it (== 1, % 16) would JIT-compile
+# new variants mid-serving (a ~1 s stall each).
+@triton.jit(do_not_specialize=["stride_bt"])
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, mid_out_ptr, mid_lse_ptr,
     counters_ptr,

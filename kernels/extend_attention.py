@@ -133,7 +133,9 @@ def _scores(q, k, IS_FP32: tl.constexpr):
     return qk
 
 
-@triton.jit
+# The block-table width changes every step: specialising on it (== 1, % 16) would JIT-compile
+# new variants mid-serving (a ~1 s stall each).
+@triton.jit(do_not_specialize=["stride_bt"])
 def _extend_kernel(
     q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, out_ptr, query_start_loc_ptr, seq_lens_ptr,
     block_tables_ptr,

@@ -54,6 +54,8 @@ def _add_scheduler_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-prefix-caching", action="store_true")
     g.add_argument("--pipeline-depth", type=int, default=2, choices=[1, 2],
                    help="steps in flight: 2 overlaps scheduling with the worker's step")
+    g.add_argument("--stream-interval", type=int, default=1,
+                   help="tokens per streamed message after the first (fewer, larger messages)")
 
 
 def _ports(p: argparse.ArgumentParser, service: str) -> None:
@@ -141,7 +143,7 @@ def _scheduler_config(args):
                            max_num_batched_tokens=args.max_num_batched_tokens,
                            max_waiting_requests=args.max_waiting_requests,
                            enable_prefix_caching=not args.no_prefix_caching,
-                           pipeline_depth=args.pipeline_depth)
+                           pipeline_depth=args.pipeline_depth, stream_interval=args.stream_interval)
 
 
 def _run_service(serve_coro_factory) -> int:
@@ -173,7 +175,7 @@ WORKER_FLAGS = ["dtype", "device", "load_format", "block_size", "num_kv_blocks",
                 "gpu_memory_utilization", "max_model_len", "seed", "max_num_batched_tokens",
                 "enforce_eager", "max_graph_batch_size"]
 SCHEDULER_FLAGS = ["max_num_seqs", "max_num_batched_tokens", "max_waiting_requests",
-                   "no_prefix_caching", "pipeline_depth"]
+                   "no_prefix_caching", "pipeline_depth", "stream_interval"]
 
 
 def cmd_serve(args) -> int:

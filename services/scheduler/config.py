@@ -12,10 +12,13 @@ class SchedulerConfig:
     enable_prefix_caching: bool = True  # reuse KV blocks of identical full-block token prefixes
     # Steps in flight at once: 2 schedules step N+1 while the worker runs step N (overlap); 1 waits.
     pipeline_depth: int = 2
+    # Tokens per streamed message after the first: n > 1 holds a request's tokens back until n are
+    # ready (or it finishes), so every hop of the stream carries 1/n as many messages.
+    stream_interval: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_waiting_requests",
-                     "pipeline_depth"):
+                     "pipeline_depth", "stream_interval"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -103,15 +103,21 @@ class SchedulerEngine:
         self._wakeup.set()
 
     async def stream(self, request_id: str) -> AsyncIterator[RequestOutput]:
-        """Yield the request's outputs, merging those that queued up while the reader was slow.
+        """Yield the request's outputs, merging those that queued up while the reader was slow;
+        after the first, each carries at least `stream_interval` tokens unless it is the last.
         Closing the iterator early aborts the request."""
         state = self._streams[request_id]
-        finished = False
+        interval = self.config.stream_interval
+        finished = sent_first = False
         try:
             while not finished:
                 outputs = [await state.queue.get()]
                 while not state.queue.empty():
                     outputs.append(state.queue.get_nowait())
+                if sent_first:
+                    while sum(len(o.new_token_ids) for o in outputs) < interval and not outputs[-1].finished:
+                        outputs.append(await state.queue.get())
+                sent_first = sent_first or any(o.new_token_ids for o in outputs)
                 merged = _merge(outputs)
                 finished = merged.finished
                 yield merged

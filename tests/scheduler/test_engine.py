@@ -39,6 +39,32 @@ def test_requests_complete_and_free_all_blocks():
     run(main())
 
 
+@pytest.mark.parametrize("interval", [1, 5])
+def test_stream_interval_chunks_after_the_first_token(interval):
+    async def main():
+        worker = FakeWorker()
+        engine = SchedulerEngine(SchedulerConfig(stream_interval=interval), worker)
+        await engine.start()
+        engine.add_request("a", [10, 20, 30], SamplingParams(max_tokens=8, ignore_eos=True))
+        outs = []
+        async for out in engine.stream("a"):
+            outs.append(out.new_token_ids)
+            await asyncio.sleep(0)  # a reader that keeps up: merging comes from the interval only
+        await engine.stop()
+        return outs
+    outs = run(main())
+    assert [t for chunk in outs for t in chunk] == [31, 32, 33, 34, 35, 36, 37, 38]
+    assert all(len(chunk) >= interval for chunk in outs[1:-1])
+    if interval == 5:
+        assert len(outs[0]) < 5, "the first token is sent as soon as it exists, not held for the interval"
+        assert len(outs) == 3 and len(outs[1]) >= 5
+
+
+def test_stream_interval_is_validated():
+    with pytest.raises(ValueError):
+        SchedulerConfig(stream_interval=0)
+
+
 def test_closing_stream_early_aborts_and_frees():
     async def main():
         worker = FakeWorker()
