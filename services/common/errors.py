@@ -31,3 +31,17 @@ class AlreadyExists(SluiceError):
 
 class FailedPrecondition(SluiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class RemoteError(SluiceError):
+    """An error another service reported as a status code and message (e.g. per request on a
+    multiplexed stream); it keeps that code when this service reports it in turn."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def from_number(cls, number: int, message: str) -> RemoteError:
+        codes = {code.value[0]: code for code in grpc.StatusCode}
+        return cls(codes.get(number, grpc.StatusCode.UNKNOWN), message)

@@ -80,9 +80,10 @@ class SchedulerEngine:
     def ready(self) -> bool:
         return self.scheduler is not None and self._task is not None and not self._task.done()
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int],
-                    sampling: SamplingParams) -> None:
-        """Admit a request; its outputs are read with `stream(request_id)`."""
+    def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams,
+                    outbox: asyncio.Queue | None = None) -> None:
+        """Admit a request; its outputs are read with `stream(request_id)`, or, given an `outbox`
+        (a queue several requests may share), put there as they come (one per step, unmerged)."""
         if not self.ready:
             raise Unavailable("scheduler is not ready (worker not initialised)")
         if request_id in self._streams:
@@ -98,7 +99,7 @@ class SchedulerEngine:
         except (RequestTooLargeError, ValueError) as exc:
             metrics.REJECTED.labels("too_large").inc()
             raise InvalidArgument(str(exc)) from exc
-        self._streams[request_id] = _Stream()
+        self._streams[request_id] = _Stream() if outbox is None else _Stream(queue=outbox)
         metrics.PROMPT_TOKENS.inc(len(prompt_token_ids))
         self._wakeup.set()
 
@@ -118,7 +119,7 @@ class SchedulerEngine:
                     while sum(len(o.new_token_ids) for o in outputs) < interval and not outputs[-1].finished:
                         outputs.append(await state.queue.get())
                 sent_first = sent_first or any(o.new_token_ids for o in outputs)
-                merged = _merge(outputs)
+                merged = merge_outputs(outputs)
                 finished = merged.finished
                 yield merged
         finally:
@@ -254,7 +255,8 @@ async def _drain(inflight: deque) -> None:
             pass
 
 
-def _merge(outputs: list[RequestOutput]) -> RequestOutput:
+def merge_outputs(outputs: list[RequestOutput]) -> RequestOutput:
+    """Consecutive outputs of one request as one."""
     if len(outputs) == 1:
         return outputs[0]
     last = outputs[-1]

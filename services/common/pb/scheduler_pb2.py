@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from services.common.pb import common_pb2 as sluice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sluice/v1/scheduler.proto\x12\tsluice.v1\x1a\x16sluice/v1/common.proto\"r\n\x15GenerateTokensRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.sluice.v1.SamplingParams\"\xbb\x01\n\x16GenerateTokensResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12)\n\x08logprobs\x18\x03 \x03(\x0b\x32\x17.sluice.v1.TokenLogprob\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.sluice.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.sluice.v1.Usage\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x10\n\x0eGetLoadRequest\"[\n\x04Load\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x10\n\x08kv_usage\x18\x03 \x01(\x02\x12\x17\n\x0fnum_free_blocks\x18\x04 \x01(\r\"\x10\n\x0eGetInfoRequest\"\x8d\x01\n\rSchedulerInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x15\n\reos_token_ids\x18\x04 \x03(\x05\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12\x12\n\nnum_blocks\x18\x06 \x01(\r2\x91\x02\n\tScheduler\x12Q\n\x08Generate\x12 .sluice.v1.GenerateTokensRequest\x1a!.sluice.v1.GenerateTokensResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.sluice.v1.AbortRequest\x1a\x18.sluice.v1.AbortResponse\x12\x35\n\x07GetLoad\x12\x19.sluice.v1.GetLoadRequest\x1a\x0f.sluice.v1.Load\x12>\n\x07GetInfo\x12\x19.sluice.v1.GetInfoRequest\x1a\x18.sluice.v1.SchedulerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sluice/v1/scheduler.proto\x12\tsluice.v1\x1a\x16sluice/v1/common.proto\"r\n\x15GenerateTokensRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.sluice.v1.SamplingParams\"\xbb\x01\n\x16GenerateTokensResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12)\n\x08logprobs\x18\x03 \x03(\x0b\x32\x17.sluice.v1.TokenLogprob\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.sluice.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.sluice.v1.Usage\"|\n\x10MultiplexRequest\x12\x34\n\x08generate\x18\x01 \x01(\x0b\x32 .sluice.v1.GenerateTokensRequestH\x00\x12(\n\x05\x61\x62ort\x18\x02 \x01(\x0b\x32\x17.sluice.v1.AbortRequestH\x00\x42\x08\n\x06\x61\x63tion\"p\n\x11MultiplexResponse\x12\x32\n\x07outputs\x18\x01 \x03(\x0b\x32!.sluice.v1.GenerateTokensResponse\x12\'\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x17.sluice.v1.RequestError\"A\n\x0cRequestError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x10\n\x0eGetLoadRequest\"[\n\x04Load\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x10\n\x08kv_usage\x18\x03 \x01(\x02\x12\x17\n\x0fnum_free_blocks\x18\x04 \x01(\r\"\x10\n\x0eGetInfoRequest\"\x8d\x01\n\rSchedulerInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x15\n\reos_token_ids\x18\x04 \x03(\x05\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12\x12\n\nnum_blocks\x18\x06 \x01(\r2\xdd\x02\n\tScheduler\x12Q\n\x08Generate\x12 .sluice.v1.GenerateTokensRequest\x1a!.sluice.v1.GenerateTokensResponse0\x01\x12J\n\tMultiplex\x12\x1b.sluice.v1.MultiplexRequest\x1a\x1c.sluice.v1.MultiplexResponse(\x01\x30\x01\x12:\n\x05\x41\x62ort\x12\x17.sluice.v1.AbortRequest\x1a\x18.sluice.v1.AbortResponse\x12\x35\n\x07GetLoad\x12\x19.sluice.v1.GetLoadRequest\x1a\x0f.sluice.v1.Load\x12>\n\x07GetInfo\x12\x19.sluice.v1.GetInfoRequest\x1a\x18.sluice.v1.SchedulerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATETOKENSREQUEST']._serialized_end=178
   _globals['_GENERATETOKENSRESPONSE']._serialized_start=181
   _globals['_GENERATETOKENSRESPONSE']._serialized_end=368
-  _globals['_ABORTREQUEST']._serialized_start=370
-  _globals['_ABORTREQUEST']._serialized_end=404
-  _globals['_ABORTRESPONSE']._serialized_start=406
-  _globals['_ABORTRESPONSE']._serialized_end=436
-  _globals['_GETLOADREQUEST']._serialized_start=438
-  _globals['_GETLOADREQUEST']._serialized_end=454
-  _globals['_LOAD']._serialized_start=456
-  _globals['_LOAD']._serialized_end=547
-  _globals['_GETINFOREQUEST']._serialized_start=549
-  _globals['_GETINFOREQUEST']._serialized_end=565
-  _globals['_SCHEDULERINFO']._serialized_start=568
-  _globals['_SCHEDULERINFO']._serialized_end=709
-  _globals['_SCHEDULER']._serialized_start=712
-  _globals['_SCHEDULER']._serialized_end=985
+  _globals['_MULTIPLEXREQUEST']._serialized_start=370
+  _globals['_MULTIPLEXREQUEST']._serialized_end=494
+  _globals['_MULTIPLEXRESPONSE']._serialized_start=496
+  _globals['_MULTIPLEXRESPONSE']._serialized_end=608
+  _globals['_REQUESTERROR']._serialized_start=610
+  _globals['_REQUESTERROR']._serialized_end=675
+  _globals['_ABORTREQUEST']._serialized_start=677
+  _globals['_ABORTREQUEST']._serialized_end=711
+  _globals['_ABORTRESPONSE']._serialized_start=713
+  _globals['_ABORTRESPONSE']._serialized_end=743
+  _globals['_GETLOADREQUEST']._serialized_start=745
+  _globals['_GETLOADREQUEST']._serialized_end=761
+  _globals['_LOAD']._serialized_start=763
+  _globals['_LOAD']._serialized_end=854
+  _globals['_GETINFOREQUEST']._serialized_start=856
+  _globals['_GETINFOREQUEST']._serialized_end=872
+  _globals['_SCHEDULERINFO']._serialized_start=875
+  _globals['_SCHEDULERINFO']._serialized_end=1016
+  _globals['_SCHEDULER']._serialized_start=1019
+  _globals['_SCHEDULER']._serialized_end=1368
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class SchedulerStub:
                 request_serializer=sluice_dot_v1_dot_scheduler__pb2.GenerateTokensRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_scheduler__pb2.GenerateTokensResponse.FromString,
                 _registered_method=True)
+        self.Multiplex = channel.stream_stream(
+                '/sluice.v1.Scheduler/Multiplex',
+                request_serializer=sluice_dot_v1_dot_scheduler__pb2.MultiplexRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_scheduler__pb2.MultiplexResponse.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/sluice.v1.Scheduler/Abort',
                 request_serializer=sluice_dot_v1_dot_scheduler__pb2.AbortRequest.SerializeToString,
@@ -66,6 +71,18 @@ class SchedulerServicer:
         """/ Generate from prompt token ids; streams new token ids as they are sampled, several per
         / message when the client reads slower than tokens arrive. Cancelling the call aborts the request.
         / RESOURCE_EXHAUSTED when the waiting queue is full; INVALID_ARGUMENT for a request that can never fit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Multiplex(self, request_iterator, context):
+        """/ Many requests over one stream, for gateways such as the tokenizer service: each message
+        / starts or aborts a request; each reply carries the outputs of every request that produced
+        / some since the last reply (one message per step, not one per request and token). Admission
+        / errors come back per request. Closing the stream aborts its live requests. The stream ends
+        / once the client has half-closed and its last request has finished. --stream-interval
+        / applies per request, as on Generate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +116,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=sluice_dot_v1_dot_scheduler__pb2.GenerateTokensRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_scheduler__pb2.GenerateTokensResponse.SerializeToString,
+            ),
+            'Multiplex': grpc.stream_stream_rpc_method_handler(
+                    servicer.Multiplex,
+                    request_deserializer=sluice_dot_v1_dot_scheduler__pb2.MultiplexRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_scheduler__pb2.MultiplexResponse.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -144,6 +166,33 @@ class Scheduler:
             '/sluice.v1.Scheduler/Generate',
             sluice_dot_v1_dot_scheduler__pb2.GenerateTokensRequest.SerializeToString,
             sluice_dot_v1_dot_scheduler__pb2.GenerateTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Multiplex(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sluice.v1.Scheduler/Multiplex',
+            sluice_dot_v1_dot_scheduler__pb2.MultiplexRequest.SerializeToString,
+            sluice_dot_v1_dot_scheduler__pb2.MultiplexResponse.FromString,
             options,
             channel_credentials,
             insecure,
