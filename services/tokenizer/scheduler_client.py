@@ -34,6 +34,18 @@ class ReplicaInfo:
     eos_token_ids: list[int]
 
 
+def _merge_chunks(request_id: str, outputs: list) -> TokenChunk:
+    """Consecutive `GenerateTokensResponse`s of one request as one chunk (usage from the last)."""
+    last = outputs[-1]
+    return TokenChunk(
+        token_ids=[t for pb in outputs for t in pb.token_ids],
+        logprobs=[logprob_from_pb(request_id, lp) for pb in outputs for lp in pb.logprobs],
+        finish_reason=FINISH_REASON_FROM_PB[last.finish_reason],
+        num_prompt_tokens=last.usage.prompt_tokens,
+        num_output_tokens=last.usage.completion_tokens,
+        num_cached_tokens=last.usage.cached_tokens)
+
+
 async def _drain(queue: asyncio.Queue) -> AsyncIterator[scheduler_pb2.MultiplexRequest]:
     """The request side of a Multiplex call: whatever is queued, until None."""
     while (message := await queue.get()) is not None:
@@ -104,18 +116,18 @@ class SchedulerClient:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"deadline of request {request_id} exceeded")
-                pb = await asyncio.wait_for(inbox.get(), remaining)
-                if isinstance(pb, RemoteError):
+                items = [await asyncio.wait_for(inbox.get(), remaining)]
+                while not inbox.empty():  # this process fell behind: answer with one merged chunk
+                    items.append(inbox.get_nowait())
+                error = next((item for item in items if isinstance(item, RemoteError)), None)
+                outputs = [item for item in items if not isinstance(item, RemoteError)]
+                if outputs:
+                    chunk = _merge_chunks(request_id, outputs)
+                    finished = chunk.finish_reason is not None
+                    yield chunk
+                if error is not None and not finished:
                     finished = True  # refused or lost: nothing to abort
-                    raise pb
-                finished = FINISH_REASON_FROM_PB[pb.finish_reason] is not None
-                yield TokenChunk(
-                    token_ids=list(pb.token_ids),
-                    logprobs=[logprob_from_pb(request_id, lp) for lp in pb.logprobs],
-                    finish_reason=FINISH_REASON_FROM_PB[pb.finish_reason],
-                    num_prompt_tokens=pb.usage.prompt_tokens,
-                    num_output_tokens=pb.usage.completion_tokens,
-                    num_cached_tokens=pb.usage.cached_tokens)
+                    raise error
         finally:
             del self._inboxes[request_id]
             if not finished and self._call is not None:

@@ -93,6 +93,23 @@ def test_stream_interval_applies_per_request():
     assert all(len(c) >= 4 for c in chunks[1:-1]) and len(chunks) <= 1 + -(-10 // 4) + 1
 
 
+def test_client_merges_outputs_that_queued_while_it_was_behind():
+    async def main():
+        async with serving() as (_, _, address):
+            client = SchedulerClient(address)
+            params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+            chunks = []
+            async for chunk in client.generate("a", [1], params, timeout=10):
+                chunks.append(chunk)
+                await asyncio.sleep(0.02)  # a slow consumer: steps keep coming meanwhile
+            await client.close()
+            return chunks
+    chunks = run(main())
+    assert [t for c in chunks for t in c.token_ids] == list(range(2, 32))
+    assert len(chunks) < 30 and max(len(c.token_ids) for c in chunks) > 1
+    assert chunks[-1].finish_reason == "length" and chunks[-1].num_output_tokens == 30
+
+
 def test_abort_and_closing_the_stream_free_everything():
     async def main():
         worker = FakeWorker()
