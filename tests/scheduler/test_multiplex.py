@@ -14,7 +14,8 @@ from services.common.pb import scheduler_pb2, scheduler_pb2_grpc
 from services.common.sampling import SamplingParams
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.engine import SchedulerEngine
-from services.scheduler.servicer import SchedulerServicer
+from services.scheduler.request import FinishReason, RequestOutput
+from services.scheduler.servicer import SchedulerServicer, _ReplyBuilder
 from services.tokenizer.scheduler_client import SchedulerClient
 from tests.scheduler.fake_worker import FakeWorker
 
@@ -79,18 +80,23 @@ def test_requests_share_one_stream_and_it_ends_after_half_close():
     run(main())
 
 
-def test_stream_interval_applies_per_request():
-    async def main():
-        async with serving(stream_interval=4) as (_, _, address):
-            client = SchedulerClient(address)
-            params = SamplingParams(temperature=0.0, max_tokens=11, ignore_eos=True)
-            chunks = [c.token_ids async for c in client.generate("a", [1], params, timeout=10)]
-            await client.close()
-            return chunks
-    chunks = run(main())
-    assert [t for c in chunks for t in c] == list(range(2, 13))
-    assert len(chunks[0]) < 4, "the first token is not held back"
-    assert all(len(c) >= 4 for c in chunks[1:-1]) and len(chunks) <= 1 + -(-10 // 4) + 1
+def test_stream_interval_holds_tokens_after_the_first():
+    def out(tokens, finished=False, request_id="a"):
+        return RequestOutput(request_id=request_id, new_token_ids=tokens, new_logprobs=[], finished=finished,
+                             finish_reason=FinishReason.LENGTH if finished else None, num_prompt_tokens=1,
+                             num_output_tokens=0, num_cached_tokens=0)
+
+    builder, live = _ReplyBuilder(stream_interval=3), {"a", "b"}
+    sent = [[(o.request_id, list(o.token_ids)) for o in builder.reply(items, live).outputs] for items in (
+        [out([1]), out([7], request_id="b")],  # first tokens go out at once
+        [out([2]), out([8], request_id="b")],  # held: fewer than 3 since the last message
+        [out([3]), out([4])],
+        [out([5], finished=True), out([9], finished=True, request_id="b")],  # the end flushes what is held
+    )]
+    assert sent == [[("a", [1]), ("b", [7])], [], [("a", [2, 3, 4])], [("b", [8, 9]), ("a", [5])]]
+    assert live == set() and builder.held == {}
+    error = scheduler_pb2.RequestError(request_id="c", code=3, message="bad")
+    assert list(builder.reply([error], live).errors) == [error]
 
 
 def test_client_merges_outputs_that_queued_while_it_was_behind():
