@@ -70,14 +70,21 @@ def alloc_workspace(batch_size: int, num_heads: int, num_kv_heads: int, head_dim
 
 
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_RETIRED: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # outgrown, maybe still in a graph
 
 
 def _cached_workspace(batch_size: int, num_heads: int, num_kv_heads: int, head_dim: int, num_splits: int,
                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Kept for the life of the process: a CUDA graph may have captured its address."""
-    key = (device, batch_size, num_heads, num_kv_heads, head_dim, num_splits)
-    if key not in _WORKSPACES:
-        _WORKSPACES[key] = alloc_workspace(batch_size, num_heads, num_kv_heads, head_dim, num_splits, device)
+    """One workspace per shape, grown to the next power of two when a larger batch comes (eager
+    steps see every batch size; one allocation per size would pile up). Never freed: a CUDA
+    graph may have captured the address of an outgrown one."""
+    key = (device, num_heads, num_kv_heads, head_dim, num_splits)
+    cached = _WORKSPACES.get(key)
+    if cached is None or cached[0].shape[0] < batch_size:
+        if cached is not None:
+            _RETIRED.append(cached)
+        size = 1 << max(batch_size - 1, 0).bit_length()
+        _WORKSPACES[key] = alloc_workspace(size, num_heads, num_kv_heads, head_dim, num_splits, device)
     return _WORKSPACES[key]
 
 

@@ -178,7 +178,12 @@ class InputBatch:
 
     def prepare(self, scheduled: list[tuple[RequestState, int]], device: torch.device) -> ModelInputs:
         """Flat inputs for `scheduled` (each request's next n tokens), on `device`. Pending tokens
-        (values still on the device) are gathered there, without a host sync."""
+        (values still on the device) are gathered there, without a host sync.
+
+        Requests computing one token go first (stable order otherwise), so that attention can run
+        them through the decode kernel and only the longer runs through the extend kernel."""
+        scheduled = [item for item in scheduled if item[1] == 1] + [item for item in scheduled if item[1] != 1]
+        num_decodes = sum(1 for _, n in scheduled if n == 1)
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -211,9 +216,10 @@ class InputBatch:
 
         # Two host->device copies per step: one int64 and one int32 buffer, split into views.
         longs = _to_device([input_ids, positions, slot_mapping, logits_indices], torch.int64, device)
-        ints = _to_device([query_start_loc, seq_lens, tables.ravel()], torch.int32, device)
+        extend_qsl = [q - num_decodes for q in query_start_loc[num_decodes:]]  # rebased past the decodes
+        ints = _to_device([query_start_loc, seq_lens, tables.ravel(), extend_qsl], torch.int32, device)
         ids, positions_t, slots, logits_indices_t = longs
-        qsl, lens, tables_t = ints
+        qsl, lens, tables_t, extend_qsl_t = ints
         if pending_rows:
             dst, src_rows, sources = [], [], []
             for dst_row, source, src_row in pending_rows:
@@ -228,7 +234,8 @@ class InputBatch:
         metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=qsl, seq_lens=lens,
                                      block_tables=tables_t.view(len(scheduled), width),
                                      max_query_len=max(n for _, n in scheduled),
-                                     max_seq_len=max(seq_lens))
+                                     max_seq_len=max(seq_lens), num_decodes=num_decodes,
+                                     extend_query_start_loc=extend_qsl_t)
         return ModelInputs(ids, positions_t, metadata, logits_indices_t, sampling_requests,
                            is_decode=len(input_ids) == len(scheduled))
 

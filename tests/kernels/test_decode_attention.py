@@ -227,3 +227,16 @@ def test_gpu_decode_cuda_graph_replay_with_new_metadata():
         torch.cuda.synchronize()
         assert_attention_close(out, reference(batch, head_dim ** -0.5))
         assert torch.equal(workspace[2], torch.zeros_like(workspace[2])), workspace[2]
+
+
+def test_cached_workspace_grows_by_powers_of_two_and_keeps_outgrown_ones():
+    from kernels import decode_attention as da
+
+    device = torch.device("cpu")
+    shape = (5, 2, 16, 7)  # Hq, Hkv, D, splits: a key no other test uses
+    first = da._cached_workspace(3, *shape[:3], shape[3], device)
+    assert first[0].shape[0] == 4 and first[2].shape == (4, 2)
+    assert da._cached_workspace(4, *shape[:3], shape[3], device) is first, "a smaller batch reuses it"
+    grown = da._cached_workspace(5, *shape[:3], shape[3], device)
+    assert grown[0].shape[0] == 8 and any(w is first for w in da._RETIRED)
+    assert da._cached_workspace(2, *shape[:3], shape[3], device) is grown

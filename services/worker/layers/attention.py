@@ -29,6 +29,11 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [B, max_blocks] int32, zero-padded
     max_query_len: int = 0  # most new tokens of one sequence (1: a decode-only batch); 0 = unknown
     max_seq_len: int = 0  # upper bound of seq_lens (host int; sizes the decode split); 0 = unknown
+    # Mixed steps: the first `num_decodes` sequences compute one token each (their rows come first)
+    # and go through the decode kernel; the rest through the extend kernel, with their
+    # `query_start_loc` rebased to 0 in `extend_query_start_loc` ([B - num_decodes + 1] int32).
+    num_decodes: int = 0
+    extend_query_start_loc: torch.Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -63,15 +68,29 @@ class Attention(nn.Module):
             rotary_and_write_kv(positions, query, key, value, k_cache, v_cache, metadata.slot_mapping,
                                 self.rotary_emb.cos_sin_cache, self.rotary_emb.rotary_dim)
         if metadata.max_query_len == 1:
-            num_splits = self._num_splits(query.shape[0], metadata.max_seq_len, query.device)
-            out = attention.decode_attention(query, k_cache, v_cache, metadata.block_tables,
-                                             metadata.seq_lens, self.scale, num_splits)
-        else:
-            out = attention.extend_attention(query, key, value, k_cache, v_cache,
-                                             metadata.query_start_loc, metadata.seq_lens,
-                                             metadata.block_tables, self.scale,
-                                             metadata.max_query_len or None)
-        return out.flatten(1)  # [T, Hq*D]
+            return self._decode(query, metadata.block_tables, metadata.seq_lens, metadata.max_seq_len).flatten(1)
+        decodes = metadata.num_decodes if metadata.extend_query_start_loc is not None else 0
+        if decodes == 0:
+            return attention.extend_attention(query, key, value, k_cache, v_cache, metadata.query_start_loc,
+                                              metadata.seq_lens, metadata.block_tables, self.scale,
+                                              metadata.max_query_len or None).flatten(1)  # [T, Hq*D]
+        # A mixed step: one-token rows through the GQA-grouped, context-split decode kernel (the
+        # extend kernel would pad each to a full row tile per query head), the rest through extend.
+        out = torch.empty_like(query)
+        self._decode(query[:decodes], metadata.block_tables[:decodes], metadata.seq_lens[:decodes],
+                     metadata.max_seq_len, out[:decodes])
+        attention.extend_attention(query[decodes:], key[decodes:], value[decodes:], k_cache, v_cache,
+                                   metadata.extend_query_start_loc, metadata.seq_lens[decodes:],
+                                   metadata.block_tables[decodes:], self.scale,
+                                   metadata.max_query_len or None, out[decodes:])
+        return out.flatten(1)
+
+    def _decode(self, query: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                max_seq_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        k_cache, v_cache = self.kv_cache
+        num_splits = self._num_splits(query.shape[0], max_seq_len, query.device)
+        return attention.decode_attention(query, k_cache, v_cache, block_tables, seq_lens, self.scale,
+                                          num_splits, out)
 
     def _num_splits(self, batch_size: int, max_seq_len: int, device: torch.device) -> int:
         if device.type != "cuda":
