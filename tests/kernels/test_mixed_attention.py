@@ -19,8 +19,20 @@ SEQ_LENS, QUERY_LENS = [9, 17, 12, 3], [1, 1, 4, 3]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_mixed_step_matches_reference(backend, dtype, monkeypatch):
     monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", backend)
-    heads, kv_heads, head_dim = 4, 2, 16
-    batch = build_paged_batch(SEQ_LENS, QUERY_LENS, heads, kv_heads, head_dim, 4, dtype, seed=11)
+    check_mixed_step(SEQ_LENS, QUERY_LENS, 2, (4, 2, 16), 4, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_mixed_step_llama_heads_with_context_splits():
+    """Llama-3-8B heads; 40 decodes (long enough for several context splits), then 3 prefills."""
+    seq_lens = [300 + 37 * i for i in range(40)] + [1000, 130, 64]
+    query_lens = [1] * 40 + [200, 130, 64]
+    check_mixed_step(seq_lens, query_lens, 40, (32, 8, 128), 16, torch.bfloat16)
+
+
+def check_mixed_step(seq_lens, query_lens, num_decodes, heads, block_size, dtype):
+    heads, kv_heads, head_dim = heads
+    batch = build_paged_batch(seq_lens, query_lens, heads, kv_heads, head_dim, block_size, dtype, seed=11)
     layer = Attention(heads, kv_heads, head_dim, scale=0.25)
     layer.kv_cache = (batch.k_cache, batch.v_cache)
     num_tokens = batch.query.shape[0]
@@ -28,8 +40,8 @@ def test_mixed_step_matches_reference(backend, dtype, monkeypatch):
     metadata = AttentionMetadata(
         slot_mapping=torch.full((num_tokens,), -1, dtype=torch.int64, device=batch.query.device),  # K/V already in
         query_start_loc=qsl, seq_lens=batch.seq_lens, block_tables=batch.block_tables,
-        max_query_len=max(QUERY_LENS), max_seq_len=max(SEQ_LENS), num_decodes=2,
-        extend_query_start_loc=(qsl[2:] - qsl[2]).contiguous())
+        max_query_len=max(query_lens), max_seq_len=max(seq_lens), num_decodes=num_decodes,
+        extend_query_start_loc=(qsl[num_decodes:] - qsl[num_decodes]).contiguous())
     out = layer(batch.query.flatten(1), batch.key.flatten(1), batch.value.flatten(1), metadata)
     expected = paged_attention(batch.query, batch.k_cache, batch.v_cache, qsl, batch.seq_lens, batch.block_tables,
                                0.25)
