@@ -122,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    runner = ModelRunner(WorkerConfig(model=args.model, load_format="dummy", dtype="bfloat16",
-                                      max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                                      max_graph_batch_size=max(args.batch), max_num_batched_tokens=max(8192, max(args.batch))))
+    runner = ModelRunner(WorkerConfig(
+        model=args.model, load_format="dummy", dtype="bfloat16", max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization, max_graph_batch_size=max(args.batch),
+        max_num_batched_tokens=max(8192, max(args.batch))))
     bandwidth = copy_bandwidth()
     weight_bytes = decode_weight_bytes(runner.model)
     floor_ms = weight_bytes / bandwidth * 1e3

@@ -27,8 +27,8 @@ def _rewrite_imports(text: str) -> str:
 
 
 def generate(out_dir: Path) -> list[Path]:
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:

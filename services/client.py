@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 
@@ -19,7 +19,7 @@ class SluiceClient:
         self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = tokenizer_pb2_grpc.GenerationStub(self.channel)
 
-    def __enter__(self) -> "SluiceClient":
+    def __enter__(self) -> SluiceClient:
         return self
 
     def __exit__(self, *exc) -> None:

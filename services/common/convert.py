@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from services.common.pb import common_pb2, worker_pb2
 from services.common.sampling import SamplingParams
-from services.common.step import (CachedRequestData, CacheSpec, NewRequestData, SampledToken,
-                                  StepPlan, StepResult)
+from services.common.step import (
+    CachedRequestData,
+    CacheSpec,
+    NewRequestData,
+    SampledToken,
+    StepPlan,
+    StepResult,
+)
 
 DEFAULT_MAX_TOKENS = 256
 

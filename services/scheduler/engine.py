@@ -11,8 +11,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
+from typing import Protocol
 
 from services.common.errors import AlreadyExists, InvalidArgument, ResourceExhausted, Unavailable
 from services.common.sampling import SamplingParams

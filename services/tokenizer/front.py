@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from services.common.errors import Unavailable
 from services.common.sampling import SamplingParams

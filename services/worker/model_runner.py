@@ -19,8 +19,8 @@ import torch
 from services.common.sampling import SamplingParams
 from services.common.step import CacheSpec, SampledToken, StepPlan, StepResult
 from services.worker import metrics
-from services.worker.cuda_graphs import DecodeGraphs
 from services.worker.config import WorkerConfig, resolve_device, resolve_dtype, resolve_max_model_len
+from services.worker.cuda_graphs import DecodeGraphs
 from services.worker.input_batch import InputBatch, ModelInputs, RequestState
 from services.worker.kv_cache import (
     KVCache,
@@ -31,8 +31,7 @@ from services.worker.kv_cache import (
 )
 from services.worker.loader import load_model
 from services.worker.model_config import ModelConfig
-from services.worker.sampler import (SampleTensors, SamplingBatch, sample, sample_tensors,
-                                     to_output)
+from services.worker.sampler import SampleTensors, SamplingBatch, sample, sample_tensors, to_output
 
 logger = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ class SamplingBatch:
     @classmethod
     def build(cls, params: list[SamplingParams], prompt_token_ids: list[list[int]],
               output_token_ids: list[list[int]], eos_token_ids: list[int], vocab_size: int,
-              device: torch.device) -> "SamplingBatch":
+              device: torch.device) -> SamplingBatch:
         """Tensors for one step. Params are assumed validated upstream.
 
         `eos_token_ids` are the model's EOS ids, shared by all rows. While a row has fewer than
@@ -269,7 +269,7 @@ class SampleTensors:
     top_values: torch.Tensor | None  # [S, n] f32, when some row asks for n > 0
     top_ids: torch.Tensor | None  # [S, n] long
 
-    def to_host(self) -> "SampleTensors":
+    def to_host(self) -> SampleTensors:
         """Start copying to the CPU without waiting; valid once the device reaches this point."""
         def copy(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None or t.device.type == "cpu":

@@ -10,8 +10,7 @@ import pytest
 
 from services.common import convert
 from services.common.sampling import SamplingParams
-from services.common.step import (CachedRequestData, NewRequestData, SampledToken, StepPlan,
-                                  StepResult)
+from services.common.step import CachedRequestData, NewRequestData, SampledToken, StepPlan, StepResult
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,11 @@ import pytest
 
 from services.common.sampling import SamplingParams
 from services.common.validation import (
-    InvalidRequestError, Limits, validate_prompt_ids, validate_prompt_text, validate_sampling,
+    InvalidRequestError,
+    Limits,
+    validate_prompt_ids,
+    validate_prompt_text,
+    validate_sampling,
 )
 
 LIMITS = Limits(max_model_len=2048, vocab_size=2000)

@@ -198,7 +198,7 @@ def test_metrics_count_requests(stack):
     body = urllib.request.urlopen(
         f"http://127.0.0.1:{stack.metrics_ports['scheduler']}/metrics", timeout=5).read().decode()
     assert "sluice_scheduler_time_to_first_token_seconds_count" in body
-    gen = [l for l in body.splitlines() if l.startswith("sluice_scheduler_generation_tokens_total")]
+    gen = [line for line in body.splitlines() if line.startswith("sluice_scheduler_generation_tokens_total")]
     assert gen and float(gen[0].split()[-1]) >= 3
 
 

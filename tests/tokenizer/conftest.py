@@ -11,7 +11,6 @@ import pytest
 from services.common.demo_model import ensure_demo_model
 from services.tokenizer.tokenizer import TextTokenizer
 
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from services.common.demo_model import (
-    CORPUS_PATH, SPECIAL_TOKENS, build_demo_model, default_demo_model_dir, ensure_demo_model,
+    CORPUS_PATH,
+    SPECIAL_TOKENS,
+    build_demo_model,
+    default_demo_model_dir,
+    ensure_demo_model,
 )
 
 

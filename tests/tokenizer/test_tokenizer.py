@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.tokenizer.tokenizer import TextTokenizer
 from services.common.validation import InvalidRequestError
+from services.tokenizer.tokenizer import TextTokenizer
 
 
 def test_model_facts(demo_tokenizer):

@@ -19,8 +19,8 @@ PROMPTS = [[1, 5, 9, 13, 17, 21, 25], [1, 200, 3], [1, 7] * 9, [1, 99, 98, 97, 9
 
 def run_engine(model_dir: str, depth: int, num_kv_blocks: int, params: list[SamplingParams]):
     async def main():
-        link = LocalWorkerLink(WorkerConfig(model=model_dir, block_size=4, num_kv_blocks=num_kv_blocks, max_model_len=48,
-                                            max_num_batched_tokens=64))
+        link = LocalWorkerLink(WorkerConfig(model=model_dir, block_size=4, num_kv_blocks=num_kv_blocks,
+                                            max_model_len=48, max_num_batched_tokens=64))
         engine = SchedulerEngine(SchedulerConfig(pipeline_depth=depth, max_num_batched_tokens=64), link)
         await engine.start()
 
