@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks and GPU tests on one GPU machine, in phases; every figure lands in OUT as JSON.
-#   bash benchmarks/h200.sh OUT PHASE...    phases: gputests kernels profile stack inprocess peer report
+#   bash benchmarks/h200.sh OUT PHASE...    phases: gputests kernels profile stack inprocess peer report pack
 # `stack` serves a random-weight Llama-3-8B-shaped model (bf16, --load-format dummy) through the
 # three gRPC services and drives it with benchmarks/serve.py; `inprocess` runs the same workloads
 # on the in-process engine (no gRPC); `peer` runs transformers' generate (PEER_DIR/hf_generate.py,
@@ -64,6 +64,9 @@ for phase in "$@"; do
       timeout 240 python3 -m benchmarks.profile_decode "$MODEL" --batch ${PROFILE_BATCH:-1 64} --context ${PROFILE_CONTEXT:-384} --out "$OUT/profile_decode${PROFILE_TAG:-}.json" 2>&1 | grep -v Warning | tail -n 120 ;;
     report)
       python3 -m benchmarks.report "$OUT" --markdown-out "$OUT/report.md" ;;
+    pack)  # one archive instead of many files (the device returns a limited number of files)
+      tar czf /tmp/h200-results.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -delete \
+        && mv /tmp/h200-results.tgz "$OUT/results.tgz" ;;
     *) echo "unknown phase $phase" ;;
   esac
 done
