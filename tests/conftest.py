@@ -23,5 +23,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def single_torch_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on a shared, busy CPU (10x).
+    Modules of tiny-tensor tests opt in with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # The demo model and the three-process stack, shared by every test that asks (started once).
 from tests.stack import demo_model_dir, stack  # noqa: E402,F401

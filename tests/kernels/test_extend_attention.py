@@ -34,12 +34,7 @@ def run_extend(batch, scale, config=None, max_query_len="batch"):
     return out
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

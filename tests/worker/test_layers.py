@@ -11,7 +11,8 @@ from services.worker.layers.linear import MergedLinear, QKVLinear
 from services.worker.layers.norm import RMSNorm
 from services.worker.layers.rotary import RotaryEmbedding, get_rope
 from services.worker.model_config import ModelConfig
-from tests.worker.tiny_models import single_torch_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 ROPE_SCALINGS = [
     None,

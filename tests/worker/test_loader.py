@@ -10,12 +10,13 @@ from safetensors.torch import load_file, save_file
 
 from services.worker.loader import checkpoint_files
 from services.worker.models.registry import resolve_model_class, supported_architectures
-from tests.worker.tiny_models import (  # noqa: F401 (single_torch_thread: autouse fixture)
+from tests.worker.tiny_models import (
     build_checkpoint,
     make_runner,
-    single_torch_thread,
     sluice_prefill_logits,
 )
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def copy_single_file_checkpoint(case, tmp_path, edit):

@@ -12,9 +12,10 @@ from tests.worker.tiny_models import (
     greedy,
     hf_greedy,
     make_runner,
-    single_torch_thread,  # noqa: F401 (autouse fixture)
     sluice_prefill_logits,
 )
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -13,8 +13,9 @@ from tests.worker.tiny_models import (
     greedy,
     hf_greedy,
     make_runner,
-    single_torch_thread,  # noqa: F401 (autouse fixture)
 )
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 CASE = "qwen2"
 PROMPT = [1, 17, 42, 99, 3, 250, 8, 61, 7, 19]  # 10 tokens: blocks of 4 -> 3 blocks

@@ -12,7 +12,9 @@ from services.scheduler.config import SchedulerConfig
 from services.scheduler.engine import SchedulerEngine
 from services.worker.config import WorkerConfig
 from services.worker.local_link import LocalWorkerLink
-from tests.worker.tiny_models import build_checkpoint, single_torch_thread  # noqa: F401
+from tests.worker.tiny_models import build_checkpoint
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 PROMPTS = [[1, 5, 9, 13, 17, 21, 25], [1, 200, 3], [1, 7] * 9, [1, 99, 98, 97, 96]]
 

@@ -1,7 +1,5 @@
 """Tiny random HF checkpoints (built and saved with transformers itself) and a scheduler stand-in.
 
-Test modules import `single_torch_thread` to activate it (it is autouse).
-
 Checkpoints are built once per test session under one temporary directory. Every parameter is
 randomised (biases and norm weights too), so a weight loaded into the wrong place changes outputs.
 """
@@ -15,7 +13,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import torch
 import transformers
 
@@ -45,15 +42,6 @@ CASES: dict[str, tuple[str, str, dict, dict]] = {
         num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6), {}),
 }
 
-
-
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on a shared, busy CPU (10x)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 _ROOT = Path(tempfile.mkdtemp(prefix="sluice-tiny-models-"))
