@@ -29,6 +29,8 @@ class PagedBatch:
     seq_lens: torch.Tensor  # [B] int32
     block_tables: torch.Tensor  # [B, max_blocks] int32, padded with an all-NaN block
     max_query_len: int
+    context_keys: list[torch.Tensor]  # per sequence, K of all its context tokens `[L_b, Hkv, D]`
+    context_values: list[torch.Tensor]
 
 
 def build_paged_batch(seq_lens: list[int], query_lens: list[int], num_heads: int, num_kv_heads: int,
@@ -45,7 +47,7 @@ def build_paged_batch(seq_lens: list[int], query_lens: list[int], num_heads: int
     k_cache = torch.full(shape, float("nan"), dtype=dtype)
     v_cache = torch.full(shape, float("nan"), dtype=dtype)
     block_tables = torch.full((len(seq_lens), max(blocks_per_seq) + 2), pad_block, dtype=torch.int32)
-    queries, new_keys, new_values = [], [], []
+    queries, keys, values = [], [], []
     for b, (seq_len, query_len) in enumerate(zip(seq_lens, query_lens, strict=True)):
         table = [free.pop() for _ in range(blocks_per_seq[b])]
         block_tables[b, :len(table)] = torch.tensor(table, dtype=torch.int32)
@@ -53,14 +55,17 @@ def build_paged_batch(seq_lens: list[int], query_lens: list[int], num_heads: int
         v = torch.randn(seq_len, num_kv_heads, head_dim, generator=gen).to(dtype)
         slots = torch.tensor([table[p // block_size] * block_size + p % block_size for p in range(seq_len)])
         write_kv(k, v, k_cache, v_cache, slots)
-        new_keys.append(k[seq_len - query_len:])
-        new_values.append(v[seq_len - query_len:])
+        keys.append(k)
+        values.append(v)
         queries.append(torch.randn(query_len, num_heads, head_dim, generator=gen).to(dtype))
     query_start_loc = torch.tensor([0] + list(torch.tensor(query_lens).cumsum(0)), dtype=torch.int32)
+    new_keys = [k[len(k) - n:] for k, n in zip(keys, query_lens, strict=True)]
+    new_values = [v[len(v) - n:] for v, n in zip(values, query_lens, strict=True)]
     return PagedBatch(
         torch.cat(queries).to(device), torch.cat(new_keys).to(device), torch.cat(new_values).to(device),
         k_cache.to(device), v_cache.to(device), query_start_loc.to(device),
-        torch.tensor(seq_lens, dtype=torch.int32, device=device), block_tables.to(device), max(query_lens))
+        torch.tensor(seq_lens, dtype=torch.int32, device=device), block_tables.to(device), max(query_lens),
+        [k.to(device) for k in keys], [v.to(device) for v in values])
 
 
 def assert_attention_close(out: torch.Tensor, expected: torch.Tensor) -> None:

@@ -1,12 +1,11 @@
 """Paged reference attention vs naive dense causal attention over the same K/V."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from kernels.attention_ref import paged_attention, write_kv
+from tests.kernels.attention_inputs import build_paged_batch
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
@@ -34,33 +33,6 @@ def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)  # [Q, Hq, D]
 
 
-def build_paged_batch(seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, dtype, seed=0):
-    """Random K/V written through `write_kv` into blocks taken in shuffled order, plus queries."""
-    gen = torch.Generator().manual_seed(seed)
-    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
-    num_blocks = sum(blocks_per_seq) + 3
-    free = list(range(num_blocks))
-    random.Random(seed).shuffle(free)
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.full(shape, float("nan"), dtype=dtype)  # unwritten slots must not reach the output
-    v_cache = torch.full(shape, float("nan"), dtype=dtype)
-    block_tables = torch.zeros(len(seq_lens), max(blocks_per_seq) + 1, dtype=torch.int32)
-    keys, values, queries = [], [], []
-    for b, (seq_len, query_len) in enumerate(zip(seq_lens, query_lens, strict=True)):
-        table = [free.pop() for _ in range(blocks_per_seq[b])]
-        block_tables[b, :len(table)] = torch.tensor(table, dtype=torch.int32)
-        k = torch.randn(seq_len, num_kv_heads, head_dim, generator=gen).to(dtype)
-        v = torch.randn(seq_len, num_kv_heads, head_dim, generator=gen).to(dtype)
-        slots = torch.tensor([table[p // block_size] * block_size + p % block_size for p in range(seq_len)])
-        write_kv(k, v, k_cache, v_cache, slots)
-        keys.append(k)
-        values.append(v)
-        queries.append(torch.randn(query_len, num_heads, head_dim, generator=gen).to(dtype))
-    query_start_loc = torch.tensor([0] + list(torch.tensor(query_lens).cumsum(0)), dtype=torch.int32)
-    return (torch.cat(queries), k_cache, v_cache, query_start_loc, torch.tensor(seq_lens, dtype=torch.int32),
-            block_tables, queries, keys, values)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("heads", [(4, 4), (8, 2), (6, 1)], ids=["mha", "gqa4", "mqa"])
 @pytest.mark.parametrize("block_size", [1, 4, 16])
@@ -69,12 +41,14 @@ def test_paged_attention_matches_dense(scenario, block_size, heads, dtype):
     seq_lens, query_lens = SCENARIOS[scenario]
     num_heads, num_kv_heads = heads
     head_dim, scale = 32, 32 ** -0.5
-    (query, k_cache, v_cache, query_start_loc, seq_lens_t, block_tables, queries, keys,
-     values) = build_paged_batch(seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, dtype)
-    out = paged_attention(query, k_cache, v_cache, query_start_loc, seq_lens_t, block_tables, scale)
-    assert out.shape == query.shape and out.dtype == dtype
+    batch = build_paged_batch(seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, dtype,
+                              device="cpu")
+    out = paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.query_start_loc, batch.seq_lens,
+                          batch.block_tables, scale)
+    assert out.shape == batch.query.shape and out.dtype == dtype
+    queries = batch.query.split(query_lens)
     expected = torch.cat([dense_causal_attention(q, k, v, scale)
-                          for q, k, v in zip(queries, keys, values, strict=True)])
+                          for q, k, v in zip(queries, batch.context_keys, batch.context_values, strict=True)])
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
 
@@ -91,8 +65,9 @@ def test_write_kv_puts_each_token_at_its_slot():
 
 
 def test_launch_asserts_catch_bad_inputs():
-    batch = build_paged_batch([8], [8], 4, 2, 16, 4, torch.float32)
-    query, k_cache, v_cache, qsl, seq_lens, tables = batch[:6]
+    batch = build_paged_batch([8], [8], 4, 2, 16, 4, torch.float32, device="cpu")
+    query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
+    qsl, seq_lens, tables = batch.query_start_loc, batch.seq_lens, batch.block_tables
     with pytest.raises(AssertionError):
         paged_attention(query.half(), k_cache, v_cache, qsl, seq_lens, tables, 0.25)
     with pytest.raises(AssertionError):
