@@ -26,11 +26,11 @@ must be ordered on one stream, as layers of a model are.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
+
+from kernels.paged_checks import check_paged_inputs
 
 LOG2E = 1.4426950408889634
 MIN_SPLIT_TOKENS = 128  # a split shorter than this costs more in set-up and merge than it hides
@@ -139,30 +139,9 @@ def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: to
 
 def _check(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
            seq_lens: torch.Tensor, scale: float, num_splits: int, out: torch.Tensor) -> None:
-    assert query.dim() == 3 and k_cache.dim() == 4, (query.shape, k_cache.shape)
-    batch_size, num_heads, head_dim = query.shape
-    _, block_size, num_kv_heads, cache_head_dim = k_cache.shape
-    assert v_cache.shape == k_cache.shape and v_cache.stride() == k_cache.stride(), \
-        (v_cache.shape, v_cache.stride(), k_cache.shape, k_cache.stride())
-    assert cache_head_dim == head_dim and num_heads % num_kv_heads == 0, (query.shape, k_cache.shape)
-    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, f"head_dim {head_dim} must be a power of 2"
-    assert block_size & (block_size - 1) == 0, f"block_size {block_size} must be a power of 2"
-    assert query.dtype in (torch.float16, torch.bfloat16, torch.float32), query.dtype
-    assert query.dtype == k_cache.dtype == v_cache.dtype == out.dtype, \
-        (query.dtype, k_cache.dtype, v_cache.dtype, out.dtype)
-    assert query.stride(2) == 1 and k_cache.stride(3) == 1 and out.stride(2) == 1, \
-        (query.stride(), k_cache.stride(), out.stride())
-    assert out.shape == query.shape, (out.shape, query.shape)
-    assert block_tables.dtype == torch.int32 and block_tables.dim() == 2, \
-        (block_tables.dtype, block_tables.shape)
-    assert block_tables.shape[0] >= batch_size and block_tables.stride(1) == 1, \
-        (block_tables.shape, block_tables.stride())
-    assert seq_lens.dtype == torch.int32 and seq_lens.shape == (batch_size,) and seq_lens.is_contiguous(), \
-        (seq_lens.dtype, seq_lens.shape)
-    devices = {t.device for t in (query, k_cache, v_cache, block_tables, seq_lens, out)}
-    assert len(devices) == 1, devices
+    check_paged_inputs(query, k_cache, v_cache, block_tables, seq_lens, scale, out)
+    assert seq_lens.shape == (query.shape[0],), (seq_lens.shape, query.shape)  # one new token per sequence
     assert isinstance(num_splits, int) and 1 <= num_splits <= 1024, num_splits
-    assert scale > 0 and math.isfinite(scale), scale
 
 
 # The block-table width changes every step: specialising on it (== 1, % 16) would JIT-compile

@@ -17,11 +17,11 @@ the diagonal tiles (causal mask). Tiles entirely above the diagonal are never vi
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
+
+from kernels.paged_checks import check_paged_inputs
 
 LOG2E = 1.4426950408889634
 
@@ -76,36 +76,17 @@ def extend_attention_fwd(query: torch.Tensor, key: torch.Tensor, value: torch.Te
 def _check(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
            v_cache: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
            block_tables: torch.Tensor, scale: float, out: torch.Tensor) -> None:
-    assert query.dim() == 3 and key.dim() == 3 and k_cache.dim() == 4, (query.shape, key.shape, k_cache.shape)
-    num_tokens, num_heads, head_dim = query.shape
-    _, block_size, num_kv_heads, cache_head_dim = k_cache.shape
+    check_paged_inputs(query, k_cache, v_cache, block_tables, seq_lens, scale, out)
+    assert key.dim() == 3, key.shape
+    num_tokens, _, head_dim = query.shape
+    num_kv_heads = k_cache.shape[2]
     assert key.shape == value.shape == (num_tokens, num_kv_heads, head_dim), \
         (key.shape, value.shape, query.shape)
-    assert key.stride() == value.stride(), (key.stride(), value.stride())
-    assert v_cache.shape == k_cache.shape and v_cache.stride() == k_cache.stride(), \
-        (v_cache.shape, v_cache.stride(), k_cache.shape, k_cache.stride())
-    assert cache_head_dim == head_dim and num_heads % num_kv_heads == 0, (query.shape, k_cache.shape)
-    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, f"head_dim {head_dim} must be a power of 2"
-    assert block_size & (block_size - 1) == 0, f"block_size {block_size} must be a power of 2"
-    assert query.dtype in (torch.float16, torch.bfloat16, torch.float32), query.dtype
-    dtypes = {t.dtype for t in (query, key, value, k_cache, v_cache, out)}
-    assert len(dtypes) == 1, dtypes
-    assert all(t.stride(-1) == 1 for t in (query, key, k_cache, out)), \
-        (query.stride(), key.stride(), k_cache.stride(), out.stride())
-    assert out.shape == query.shape, (out.shape, query.shape)
-    num_seqs = seq_lens.shape[0]
-    assert seq_lens.dtype == torch.int32 and seq_lens.dim() == 1 and seq_lens.is_contiguous(), \
-        (seq_lens.dtype, seq_lens.shape)
-    assert query_start_loc.dtype == torch.int32 and query_start_loc.shape == (num_seqs + 1,) \
-        and query_start_loc.is_contiguous(), (query_start_loc.dtype, query_start_loc.shape, num_seqs)
-    assert block_tables.dtype == torch.int32 and block_tables.dim() == 2, \
-        (block_tables.dtype, block_tables.shape)
-    assert block_tables.shape[0] >= num_seqs and block_tables.stride(1) == 1, \
-        (block_tables.shape, block_tables.stride())
-    devices = {t.device for t in (query, key, value, k_cache, v_cache, query_start_loc, seq_lens,
-                                  block_tables, out)}
-    assert len(devices) == 1, devices
-    assert scale > 0 and math.isfinite(scale), scale
+    assert key.stride() == value.stride() and key.stride(-1) == 1, (key.stride(), value.stride())
+    assert key.dtype == value.dtype == query.dtype, (key.dtype, value.dtype, query.dtype)
+    assert query_start_loc.dtype == torch.int32 and query_start_loc.shape == (seq_lens.shape[0] + 1,) \
+        and query_start_loc.is_contiguous(), (query_start_loc.dtype, query_start_loc.shape, seq_lens.shape)
+    assert {key.device, value.device, query_start_loc.device} == {query.device}, "mixed devices"
     assert num_tokens * max(query.stride(0), key.stride(0), out.stride(0)) < 2 ** 31, "int32 row offsets"
 
 
