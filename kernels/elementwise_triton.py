@@ -80,6 +80,12 @@ def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, new_residual_ptr,
     tl.store(out_ptr + row * hidden + cols, out.to(dtype), mask=mask)
 
 
+def _rotary_blocks(rotary_dim: int, num_heads: int, num_kv_heads: int) -> tuple[int, int]:
+    """(BLOCK_PAIRS, BLOCK_HEADS): every rotated pair of a head, and as many heads as fit 2048 pairs."""
+    block_pairs = triton.next_power_of_2(rotary_dim // 2)
+    return block_pairs, min(triton.next_power_of_2(max(num_heads, num_kv_heads)), max(1, 2048 // block_pairs))
+
+
 def rotary_embedding_triton(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
                             cos_sin_cache: torch.Tensor, rotary_dim: int) -> None:
     """One program per token rotates all its query heads, then all its key heads, in place."""
@@ -87,8 +93,7 @@ def rotary_embedding_triton(positions: torch.Tensor, query: torch.Tensor, key: t
     num_kv_heads = key.shape[1]
     if num_tokens == 0:
         return
-    block_pairs = triton.next_power_of_2(rotary_dim // 2)
-    block_heads = min(triton.next_power_of_2(max(num_heads, num_kv_heads)), max(1, 2048 // block_pairs))
+    block_pairs, block_heads = _rotary_blocks(rotary_dim, num_heads, num_kv_heads)
     _rotary_kernel[(num_tokens,)](
         positions, query, key, cos_sin_cache,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1),
@@ -161,8 +166,7 @@ def rotary_and_write_kv_triton(positions: torch.Tensor, query: torch.Tensor, key
     num_kv_heads = key.shape[1]
     if num_tokens == 0:
         return
-    block_pairs = triton.next_power_of_2(rotary_dim // 2)
-    block_heads = min(triton.next_power_of_2(max(num_heads, num_kv_heads)), max(1, 2048 // block_pairs))
+    block_pairs, block_heads = _rotary_blocks(rotary_dim, num_heads, num_kv_heads)
     row_size = num_kv_heads * head_dim
     _rotary_kv_kernel[(num_tokens,)](
         positions, query, key, value, k_cache, v_cache, slot_mapping, cos_sin_cache,
