@@ -62,6 +62,13 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
+async def queued_messages(queue: asyncio.Queue):
+    """The request side of a long-lived client stream: whatever is put on `queue`, until None.
+    Senders `put_nowait` and never await a write; grpc's own task sends in order."""
+    while (message := await queue.get()) is not None:
+        yield message
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Wrap an aio handler (coroutine or async generator) so domain errors become statuses."""
     if inspect.isasyncgenfunction(fn):

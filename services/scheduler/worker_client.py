@@ -16,7 +16,7 @@ import grpc
 from services.common.convert import cache_spec_from_pb, plan_to_pb, result_from_pb
 from services.common.errors import Unavailable
 from services.common.pb import worker_pb2, worker_pb2_grpc
-from services.common.rpc import CHANNEL_OPTIONS
+from services.common.rpc import CHANNEL_OPTIONS, queued_messages
 from services.common.step import CacheSpec, StepPlan, StepResult
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,9 @@ class GrpcWorkerLink:
                 await asyncio.sleep(0.5)
         self._outbox = asyncio.Queue()
         self._broken = None
-        self._call = self.stub.Steps(self._requests(self._outbox))
+        self._call = self.stub.Steps(queued_messages(self._outbox))
         self._reader = asyncio.create_task(self._read(self._call), name="worker-steps-reader")
         return cache_spec_from_pb(pb)
-
-    @staticmethod
-    async def _requests(outbox: asyncio.Queue):
-        while (pb := await outbox.get()) is not None:
-            yield pb
 
     async def _read(self, call) -> None:
         try:

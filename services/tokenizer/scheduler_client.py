@@ -11,7 +11,7 @@ import grpc
 from services.common.convert import FINISH_REASON_FROM_PB, logprob_from_pb, sampling_to_pb
 from services.common.errors import RemoteError
 from services.common.pb import scheduler_pb2, scheduler_pb2_grpc
-from services.common.rpc import CHANNEL_OPTIONS
+from services.common.rpc import CHANNEL_OPTIONS, queued_messages
 from services.common.sampling import SamplingParams
 from services.common.step import SampledToken
 
@@ -46,12 +46,6 @@ def _merge_chunks(request_id: str, outputs: list) -> TokenChunk:
         num_cached_tokens=last.usage.cached_tokens)
 
 
-async def _drain(queue: asyncio.Queue) -> AsyncIterator[scheduler_pb2.MultiplexRequest]:
-    """The request side of a Multiplex call: whatever is queued, until None."""
-    while (message := await queue.get()) is not None:
-        yield message
-
-
 class SchedulerClient:
     """Every request of this process shares one `Scheduler.Multiplex` stream, opened on first use
     and again after it breaks: the scheduler answers with one message per step for all of them,
@@ -74,7 +68,7 @@ class SchedulerClient:
         """Queue a message on the live stream, opening one if there is none."""
         if self._call is None:
             self._outgoing = asyncio.Queue()
-            self._call = self.stub.Multiplex(_drain(self._outgoing))
+            self._call = self.stub.Multiplex(queued_messages(self._outgoing))
             self._reader = asyncio.create_task(self._read(self._call))
         self._outgoing.put_nowait(message)
 
