@@ -182,8 +182,9 @@ class InputBatch:
 
         Requests computing one token go first (stable order otherwise), so that attention can run
         them through the decode kernel and only the longer runs through the extend kernel."""
-        scheduled = [item for item in scheduled if item[1] == 1] + [item for item in scheduled if item[1] != 1]
-        num_decodes = sum(1 for _, n in scheduled if n == 1)
+        decodes = [item for item in scheduled if item[1] == 1]
+        num_decodes = len(decodes)
+        scheduled = decodes + [item for item in scheduled if item[1] != 1]
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
