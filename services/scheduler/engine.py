@@ -40,6 +40,8 @@ class _Stream:
     arrival: float = field(default_factory=time.monotonic)
     first_token: float | None = None
     num_output_tokens: int = 0
+    held: list[RequestOutput] = field(default_factory=list)  # tokens kept back by stream_interval
+    delivered_tokens: bool = False  # the reader has been given a token (the first never waits)
 
 
 class SchedulerEngine:
@@ -84,7 +86,7 @@ class SchedulerEngine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams,
                     outbox: asyncio.Queue | None = None) -> None:
         """Admit a request; its outputs are read with `stream(request_id)`, or, given an `outbox`
-        (a queue several requests may share), put there as they come (one per step, unmerged)."""
+        (a queue several requests may share), put there as they come (subject to stream_interval)."""
         if not self.ready:
             raise Unavailable("scheduler is not ready (worker not initialised)")
         if request_id in self._streams:
@@ -105,21 +107,15 @@ class SchedulerEngine:
         self._wakeup.set()
 
     async def stream(self, request_id: str) -> AsyncIterator[RequestOutput]:
-        """Yield the request's outputs, merging those that queued up while the reader was slow;
-        after the first, each carries at least `stream_interval` tokens unless it is the last.
+        """Yield the request's outputs, merging those that queued up while the reader was slow.
         Closing the iterator early aborts the request."""
         state = self._streams[request_id]
-        interval = self.config.stream_interval
-        finished = sent_first = False
+        finished = False
         try:
             while not finished:
                 outputs = [await state.queue.get()]
                 while not state.queue.empty():
                     outputs.append(state.queue.get_nowait())
-                if sent_first:
-                    while sum(len(o.new_token_ids) for o in outputs) < interval and not outputs[-1].finished:
-                        outputs.append(await state.queue.get())
-                sent_first = sent_first or any(o.new_token_ids for o in outputs)
                 merged = merge_outputs(outputs)
                 finished = merged.finished
                 yield merged
@@ -144,7 +140,7 @@ class SchedulerEngine:
             request = self.scheduler.get_request(request_id)
             self.scheduler.abort_request(request_id)
         metrics.REQUESTS.labels(reason.value).inc()
-        state.queue.put_nowait(RequestOutput(
+        self._deliver(state, RequestOutput(
             request_id=request_id, new_token_ids=[], new_logprobs=[], finished=True,
             finish_reason=reason,
             num_prompt_tokens=request.num_prompt_tokens if request else 0,
@@ -199,13 +195,25 @@ class SchedulerEngine:
                 metrics.TTFT.observe(now - state.arrival)
             state.num_output_tokens += len(out.new_token_ids)
             metrics.GENERATION_TOKENS.inc(len(out.new_token_ids))
-            state.queue.put_nowait(out)
+            self._deliver(state, out)
             if out.finished:
                 del self._streams[out.request_id]
                 metrics.REQUESTS.labels(out.finish_reason.value).inc()
                 metrics.E2E.observe(now - state.arrival)
                 if state.first_token is not None and state.num_output_tokens > 1:
                     metrics.TPOT.observe((now - state.first_token) / (state.num_output_tokens - 1))
+
+    def _deliver(self, state: _Stream, out: RequestOutput) -> None:
+        """Put `out` on the request's queue; after its first token, hold tokens back until
+        `stream_interval` are ready or the request finishes (one merged output then)."""
+        state.held.append(out)
+        if state.delivered_tokens and not out.finished and \
+                sum(len(o.new_token_ids) for o in state.held) < self.config.stream_interval:
+            return
+        merged = merge_outputs(state.held)
+        state.held = []
+        state.delivered_tokens = state.delivered_tokens or bool(merged.new_token_ids)
+        state.queue.put_nowait(merged)
 
     async def _recover(self, exc: Exception) -> None:
         """A failed step leaves the worker's state unknown: end every live request with an error

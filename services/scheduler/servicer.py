@@ -29,38 +29,23 @@ def output_to_pb(out: RequestOutput) -> scheduler_pb2.GenerateTokensResponse:
 _END = object()  # the Multiplex client half-closed its stream
 
 
-class _ReplyBuilder:
-    """Turns what a Multiplex outbox delivered into replies: outputs merged per request (first-seen
-    order) and admission errors. After a request's first token, its tokens are held until
-    `stream_interval` are ready or it finishes, as `SchedulerEngine.stream` does for Generate."""
-
-    def __init__(self, stream_interval: int):
-        self.stream_interval = stream_interval
-        self.held: dict[str, list[RequestOutput]] = {}
-        self.started: set[str] = set()  # requests whose first token was sent
-
-    def reply(self, items: list, live: set[str]) -> scheduler_pb2.MultiplexResponse:
-        """The next reply; requests that finish in it leave `live`."""
-        errors = []
-        for item in items:
-            if isinstance(item, RequestOutput):
-                self.held.setdefault(item.request_id, []).append(item)
-            else:
-                errors.append(item)
-        outputs = []
-        for request_id in list(self.held):
-            outs = self.held[request_id]
-            if request_id in self.started and not outs[-1].finished \
-                    and sum(len(o.new_token_ids) for o in outs) < self.stream_interval:
-                continue
-            merged = merge_outputs(self.held.pop(request_id))
-            if merged.finished:
-                live.discard(request_id)
-                self.started.discard(request_id)
-            elif merged.new_token_ids:
-                self.started.add(request_id)
-            outputs.append(output_to_pb(merged))
-        return scheduler_pb2.MultiplexResponse(outputs=outputs, errors=errors)
+def _multiplex_reply(items: list, live: set[str]) -> scheduler_pb2.MultiplexResponse:
+    """What a Multiplex outbox delivered as one reply: outputs merged per request (first-seen
+    order) and admission errors. Requests that finish in it leave `live`."""
+    by_request: dict[str, list[RequestOutput]] = {}
+    errors = []
+    for item in items:
+        if isinstance(item, RequestOutput):
+            by_request.setdefault(item.request_id, []).append(item)
+        else:
+            errors.append(item)
+    outputs = []
+    for request_id, outs in by_request.items():
+        merged = merge_outputs(outs)
+        if merged.finished:
+            live.discard(request_id)
+        outputs.append(output_to_pb(merged))
+    return scheduler_pb2.MultiplexResponse(outputs=outputs, errors=errors)
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
@@ -97,7 +82,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         outbox: asyncio.Queue = asyncio.Queue()  # RequestOutput | RequestError | _END
         live: set[str] = set()
         reader = asyncio.create_task(self._read_multiplexed(request_iterator, outbox, live))
-        replies = _ReplyBuilder(self.engine.config.stream_interval)
         client_done = False
         try:
             while not (client_done and not live):
@@ -105,7 +89,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 while not outbox.empty():
                     items.append(outbox.get_nowait())
                 client_done = client_done or _END in items
-                response = replies.reply([item for item in items if item is not _END], live)
+                response = _multiplex_reply([item for item in items if item is not _END], live)
                 if response.outputs or response.errors:
                     yield response
             await reader  # surfaces a failure of the reader

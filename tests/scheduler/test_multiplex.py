@@ -13,9 +13,9 @@ from services.common.errors import RemoteError
 from services.common.pb import scheduler_pb2, scheduler_pb2_grpc
 from services.common.sampling import SamplingParams
 from services.scheduler.config import SchedulerConfig
-from services.scheduler.engine import SchedulerEngine
+from services.scheduler.engine import SchedulerEngine, _Stream
 from services.scheduler.request import FinishReason, RequestOutput
-from services.scheduler.servicer import SchedulerServicer, _ReplyBuilder
+from services.scheduler.servicer import SchedulerServicer, _multiplex_reply
 from services.tokenizer.scheduler_client import SchedulerClient
 from tests.scheduler.fake_worker import FakeWorker
 
@@ -81,22 +81,30 @@ def test_requests_share_one_stream_and_it_ends_after_half_close():
 
 
 def test_stream_interval_holds_tokens_after_the_first():
+    """The engine's delivery into a shared outbox, then one Multiplex reply per group of outputs."""
     def out(tokens, finished=False, request_id="a"):
         return RequestOutput(request_id=request_id, new_token_ids=tokens, new_logprobs=[], finished=finished,
                              finish_reason=FinishReason.LENGTH if finished else None, num_prompt_tokens=1,
                              num_output_tokens=0, num_cached_tokens=0)
 
-    builder, live = _ReplyBuilder(stream_interval=3), {"a", "b"}
-    sent = [[(o.request_id, list(o.token_ids)) for o in builder.reply(items, live).outputs] for items in (
+    engine = SchedulerEngine(SchedulerConfig(stream_interval=3), FakeWorker())
+    outbox, live = asyncio.Queue(), {"a", "b"}
+    streams = {"a": _Stream(queue=outbox), "b": _Stream(queue=outbox)}
+    sent = []
+    for items in (
         [out([1]), out([7], request_id="b")],  # first tokens go out at once
         [out([2]), out([8], request_id="b")],  # held: fewer than 3 since the last message
         [out([3]), out([4])],
         [out([5], finished=True), out([9], finished=True, request_id="b")],  # the end flushes what is held
-    )]
-    assert sent == [[("a", [1]), ("b", [7])], [], [("a", [2, 3, 4])], [("b", [8, 9]), ("a", [5])]]
-    assert live == set() and builder.held == {}
+    ):
+        for item in items:
+            engine._deliver(streams[item.request_id], item)
+        delivered = [outbox.get_nowait() for _ in range(outbox.qsize())]
+        sent.append({(o.request_id, tuple(o.token_ids)) for o in _multiplex_reply(delivered, live).outputs})
+    assert sent == [{("a", (1,)), ("b", (7,))}, set(), {("a", (2, 3, 4))}, {("b", (8, 9)), ("a", (5,))}]
+    assert live == set() and not streams["a"].held and not streams["b"].held
     error = scheduler_pb2.RequestError(request_id="c", code=3, message="bad")
-    assert list(builder.reply([error], live).errors) == [error]
+    assert list(_multiplex_reply([error], live).errors) == [error]
 
 
 def test_client_merges_outputs_that_queued_while_it_was_behind():
