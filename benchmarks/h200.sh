@@ -21,14 +21,23 @@ PEER_DIR=${PEER_DIR:-.peers}
 WORKLOADS=${WORKLOADS:-"b1:4:128:256:1 c64:128:128:256:64 c128:128:128:256:128"}
 SERVE_FLAGS=${SERVE_FLAGS:-"--load-format dummy --dtype bfloat16 --gpu-memory-utilization 0.95 --max-model-len 4096 --max-num-seqs 512 --max-num-batched-tokens 8192 --max-graph-batch-size 512"}
 
+cpu_times() {  # CPU seconds (user + system) of every Sluice service process, one line each
+  for pid in $(pgrep -f "services.cli|services\.(tokenizer|scheduler|worker)"); do
+    awk -v pid="$pid" '{printf "%s %.2f ", pid, ($14 + $15) / 100}' "/proc/$pid/stat" 2>/dev/null
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-80
+  done
+}
+
 run_workloads() {  # $1 = backend, rest = extra flags
   local backend=$1; shift
   for w in $WORKLOADS; do
     IFS=: read -r name n inp outp conc <<<"$w"
+    [ "$backend" = grpc ] && { echo "before $name"; cpu_times; } >>"$OUT/stack_cpu.txt"
     timeout ${WORKLOAD_TIMEOUT:-240} python3 -m benchmarks.serve --backend "$backend" --num-prompts "$n" --input-len "$inp" \
       --output-len "$outp" --max-concurrency "$conc" --num-warmups 2 --no-progress \
       --label "$backend-$name" --out "$OUT/serve_${backend}_${name}.json" "$@" \
-      2>&1 | tail -n 25
+      2>&1 | tail -n 32
+    [ "$backend" = grpc ] && { echo "after $name"; cpu_times; } >>"$OUT/stack_cpu.txt"
   done
 }
 
@@ -48,7 +57,8 @@ for phase in "$@"; do
       for _ in $(seq 600); do grep -q "Sluice is ready" "$OUT/stack.log" && break; sleep 0.5; done
       grep "Sluice is ready" "$OUT/stack.log" || { tail -n 40 "$OUT/stack.log"; kill $stack; continue; }
       python3 -m services.cli generate "The river" --max-tokens 16 --temperature 0 2>&1 | tail -n 2
-      run_workloads grpc --model "$MODEL"
+      run_workloads grpc --model "$MODEL" --metrics-url http://localhost:9402/metrics \
+        --metrics-url http://localhost:9403/metrics
       curl -s localhost:9402/metrics | grep -E "^sluice_scheduler_(step_seconds|preemptions)" > "$OUT/scheduler_metrics.txt"
       curl -s localhost:9403/metrics | grep -E "^sluice_worker_(gpu_|step_seconds)" > "$OUT/worker_metrics.txt"
       kill -TERM $stack; wait $stack ;;
@@ -61,7 +71,8 @@ for phase in "$@"; do
         2>/dev/null | tee "$OUT/hf_generate.jsonl" ;;
     profile)
       python3 -m benchmarks.models llama3-8b "$MODEL" >/dev/null
-      timeout 240 python3 -m benchmarks.profile_decode "$MODEL" --batch ${PROFILE_BATCH:-1 64} --context ${PROFILE_CONTEXT:-384} --out "$OUT/profile_decode${PROFILE_TAG:-}.json" 2>&1 | grep -v Warning | tail -n 120 ;;
+      timeout 240 python3 -m benchmarks.profile_decode "$MODEL" --batch ${PROFILE_BATCH:-1 64} --context ${PROFILE_CONTEXT:-384} \
+        $(for s in ${PROFILE_STEPS:-0:0:8:1024 512:1024:7:1024}; do echo --step "$s"; done) --out "$OUT/profile_decode${PROFILE_TAG:-}.json" 2>&1 | grep -v Warning | tail -n 120 ;;
     report)
       python3 -m benchmarks.report "$OUT" --markdown-out "$OUT/report.md" ;;
     pack)  # one archive instead of many files (the device returns a limited number of files)

@@ -10,8 +10,16 @@ then for each batch size B:
 - profiles 20 replays with `torch.profiler` and lists every kernel's mean time per step and share.
 
 It also times `F.linear` at M = B for each projection shape of the model (median of
-`triton.testing.do_bench`, L2 flushed) as achieved GB/s of the weight bytes. Prints tables; `--out`
-writes JSON (`what: "profile_decode"`). Needs a CUDA GPU; about a minute for an 8B model.
+`triton.testing.do_bench`, L2 flushed) as achieved GB/s of the weight bytes.
+
+`--step D:C:P:L` (repeatable) profiles one eager step as serving runs prefill and mixed steps: D
+decode rows at C tokens of context plus P prompts of L new tokens each (`0:0:8:1024` is a pure
+8k-token prefill; `512:1024:7:1024` a chunked-prefill step beside 512 decodes). It reports the
+step's median time, the linear layers' TFLOP/s over it (2 x tokens x linear parameters), and the
+per-kernel table.
+
+Prints tables; `--out` writes JSON (`what: "profile_decode"`). Needs a CUDA GPU; about a minute
+for an 8B model.
 """
 from __future__ import annotations
 
@@ -24,7 +32,10 @@ import torch
 import torch.nn.functional as F
 import triton.testing
 
+from services.common.sampling import SamplingParams
 from services.worker.config import WorkerConfig
+from services.worker.input_batch import InputBatch, RequestState
+from services.worker.layers.linear import Linear
 from services.worker.model_runner import ModelRunner
 
 
@@ -72,13 +83,13 @@ def time_replays(graph: torch.cuda.CUDAGraph, steps: int = 100) -> float:
     return times[len(times) // 2]
 
 
-def kernel_table(graph: torch.cuda.CUDAGraph, steps: int = 20) -> list[dict]:
-    """Per kernel name: calls per step and mean microseconds per step, biggest first."""
+def kernel_table(step, steps: int = 20) -> list[dict]:
+    """Per kernel name: calls per step and mean microseconds per step of `step()`, biggest first."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            graph.replay()
+            step()
         torch.cuda.synchronize()
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for event in prof.events():
@@ -89,6 +100,53 @@ def kernel_table(graph: torch.cuda.CUDAGraph, steps: int = 20) -> list[dict]:
     rows = [{"kernel": name, "calls_per_step": calls / steps, "us_per_step": us / steps}
             for name, (calls, us) in totals.items()]
     return sorted(rows, key=lambda r: -r["us_per_step"])
+
+
+def time_calls(step, steps: int = 20) -> float:
+    """Median milliseconds of `step()` (each call timed by its own events, after 3 warm-ups)."""
+    for _ in range(3):
+        step()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+    for start, end in events:
+        start.record()
+        step()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(start.elapsed_time(end) for start, end in events)
+    return times[len(times) // 2]
+
+
+def eager_step(runner: ModelRunner, spec: str):
+    """(a callable running one eager step of `spec` = "D:C:P:L", its token count)."""
+    decodes, context, prompts, length = (int(x) for x in spec.split(":"))
+    bs = runner.config.block_size
+    greedy = SamplingParams(temperature=0.0)
+    scheduled, next_block = [], 0
+    for i, (n, new) in enumerate([(context, 1)] * decodes + [(length, length)] * prompts):
+        blocks = -(-n // bs)
+        assert next_block + blocks <= runner.num_blocks, f"KV cache too small for step {spec}"
+        state = RequestState(f"p{i}", [0] * n, [], greedy, list(range(next_block, next_block + blocks)), n - new)
+        scheduled.append((state, new))
+        next_block += blocks
+    num_tokens = decodes + prompts * length
+    batch = InputBatch(bs, runner.num_blocks, runner.max_model_len, num_tokens, runner.model_config.vocab_size)
+    inputs = batch.prepare(scheduled, runner.device)
+
+    def step():
+        with torch.inference_mode():
+            runner._logits(inputs)
+    return step, num_tokens
+
+
+def linear_params(model: torch.nn.Module) -> int:
+    """Parameters of the decoder layers' linear projections (what a token's matmuls multiply by)."""
+    return sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, Linear))
+
+
+def print_table(table: list[dict], step_ms: float, limit: int = 40) -> None:
+    for r in table[:limit]:
+        print(f"  {r['us_per_step']:9.1f} us {r['us_per_step'] / 1e3 / step_ms:6.1%} "
+              f"x{r['calls_per_step']:<5.0f} {r['kernel']}")
 
 
 def projection_shapes(runner: ModelRunner) -> dict[str, tuple[int, int]]:
@@ -112,6 +170,11 @@ def gemv_rows(shapes: dict[str, tuple[int, int]], batch: int, dtype: torch.dtype
     return rows
 
 
+def _step_tokens(spec: str) -> int:
+    decodes, _, prompts, length = (int(x) for x in spec.split(":"))
+    return decodes + prompts * length
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -119,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=384)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    parser.add_argument("--step", action="append", default=[], metavar="D:C:P:L",
+                        help="also profile an eager step: D decodes at C context + P prompts of L tokens")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
     runner = ModelRunner(WorkerConfig(
         model=args.model, load_format="dummy", dtype="bfloat16", max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization, max_graph_batch_size=max(args.batch),
-        max_num_batched_tokens=max(8192, max(args.batch))))
+        max_num_batched_tokens=max(8192, max(args.batch), *(_step_tokens(spec) for spec in args.step))))
     bandwidth = copy_bandwidth()
     weight_bytes = decode_weight_bytes(runner.model)
     floor_ms = weight_bytes / bandwidth * 1e3
@@ -138,14 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         fill_graph_inputs(runner, bucket, args.context)
         graph = runner.graphs.graphs[bucket]
         step_ms = time_replays(graph)
-        table = kernel_table(graph)
+        table = kernel_table(graph.replay)
         kernel_us = sum(r["us_per_step"] for r in table)
         print(f"\nbatch {bucket}: graph replay {step_ms:.3f} ms/step ({1e3 / step_ms:.1f} steps/s, "
               f"{floor_ms / step_ms:.1%} of the weights roofline); kernels sum {kernel_us / 1e3:.3f} ms, "
               f"{sum(r['calls_per_step'] for r in table):.0f} launches")
-        for r in table:
-            print(f"  {r['us_per_step']:9.1f} us {r['us_per_step'] / 1e3 / step_ms:6.1%} "
-                  f"x{r['calls_per_step']:<5.0f} {r['kernel']}")
+        print_table(table, step_ms, limit=len(table))
         result["graphs"].append({"batch": bucket, "step_ms": step_ms, "kernel_sum_ms": kernel_us / 1e3,
                                  "roofline_fraction": floor_ms / step_ms, "kernels": table})
         gemv = gemv_rows(projection_shapes(runner), bucket, runner.dtype, bandwidth)
@@ -153,6 +216,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  F.linear M={bucket} {r['projection']:13s} [{r['n']}x{r['k']}] {r['us']:8.1f} us "
                   f"{r['gb_s']:7.0f} GB/s ({r['bw_fraction']:.1%})")
         result["gemv"] += gemv
+    params = linear_params(runner.model)
+    result["steps"] = []
+    for spec in args.step:
+        step, num_tokens = eager_step(runner, spec)
+        step_ms = time_calls(step)
+        table = kernel_table(step, steps=5)
+        tflops = 2 * num_tokens * params / (step_ms / 1e3) / 1e12
+        print(f"\neager step {spec} ({num_tokens} tokens): {step_ms:.2f} ms, {num_tokens / step_ms * 1e3:,.0f} "
+              f"tokens/s; linear layers {tflops:.0f} TFLOP/s over the whole step")
+        print_table(table, step_ms, limit=25)
+        result["steps"].append({"spec": spec, "tokens": num_tokens, "step_ms": step_ms,
+                                "linear_tflops_over_step": tflops, "kernels": table})
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     return 0

@@ -22,7 +22,9 @@ Definitions, per Sluice run:
   decode step reads the weights once and each sequence's KV cache, context = input_len +
   output_len / 2 (the mean context over the decode steps), KV bytes per token = 2 (K and V) *
   layers * kv_heads * head_dim * dtype bytes (Llama-3-8B in bf16: 128 KiB);
-- % roofline = decode tok/s / roofline tok/s.
+- % roofline = decode tok/s / roofline tok/s;
+- GPU busy = the worker's GPU step time over the run / its duration, and preemptions, from the
+  run's `server_counters` (see benchmarks.server_counters), where it has them.
 
 Bandwidth is --bandwidth-tbps or else the highest measured copy bandwidth; weight bytes are
 --weight-gb or else the transformers peer's weight_GB. GB and TB/s are decimal (1e9 B, 1e12 B/s).
@@ -218,6 +220,10 @@ def run_row(run: dict, records: Records, roofline: Roofline) -> list[str]:
         cells += [_num(lmd_tps), _ratio(run["output_throughput"], lmd_tps)]
     cells += [_num(run["median_ttft_ms"]), _num(run["median_tpot_ms"]),
               _num(run["mean_decode_tok_per_s"]), _num(decode), _num(ceiling), _percent(decode, ceiling)]
+    counters = run.get("server_counters") or {}
+    busy = counters.get("gpu_busy_fraction")
+    cells += [f"{100 * busy:.0f}%" if busy is not None else MISSING,
+              _num(counters.get("preemptions"))]
     return cells
 
 
@@ -226,7 +232,7 @@ def header(with_lmdeploy: bool) -> list[str]:
     if with_lmdeploy:
         cells += ["LMDeploy out tok/s", "Sluice/LMDeploy"]
     return cells + ["TTFT p50 ms", "TPOT p50 ms", "decode tok/s per stream", "decode tok/s (B/TPOT)",
-                    "roofline tok/s", "% roofline"]
+                    "roofline tok/s", "% roofline", "GPU busy", "preemptions"]
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:

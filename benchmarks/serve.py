@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import server_counters
 from benchmarks.backends import Backend, BenchmarkError, ServerInfo, describe_error, make_backend
 from benchmarks.serve_metrics import (
     RequestRecord,
@@ -174,13 +175,31 @@ async def benchmark(args: argparse.Namespace) -> dict:
         check_server(args, info)
         measured, warmup, offsets = workloads(args, info)
         warmup_s = await warm_up(backend, warmup, args.max_concurrency)
+        before = await counters_snapshot(args)
+        cpu_before = time.process_time()
         with tqdm(total=len(measured), desc="requests", disable=args.no_progress) as progress:
             runner = Runner(backend, args.max_concurrency, progress)
             records, origin, duration = await runner.run(measured, offsets)
+        counters = server_counters.difference(before, await counters_snapshot(args), duration)
+        counters["client_cpu_s"] = time.process_time() - cpu_before  # this process (all of it, inprocess)
     finally:
         await backend.close()
     timings = {"started_at": started_at, "setup_s": setup_s, "warmup_s": warmup_s}
-    return build_result(args, info, records, origin, duration, timings, runner.peak_in_flight)
+    result = build_result(args, info, records, origin, duration, timings, runner.peak_in_flight)
+    result["server_counters"] = counters
+    return result
+
+
+async def counters_snapshot(args: argparse.Namespace) -> dict[str, float]:
+    """The servers' counters now: this process's registry (inprocess) or the --metrics-url pages."""
+    if args.backend == "inprocess":
+        return server_counters.snapshot_registry()
+    if not args.metrics_url:
+        return {}
+    try:
+        return await asyncio.to_thread(server_counters.snapshot_urls, args.metrics_url)
+    except OSError as exc:
+        raise BenchmarkError(f"cannot read the metrics pages {args.metrics_url}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- result
@@ -266,6 +285,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--label", default=None, help="free text stored in the result")
     g.add_argument("--save-detailed", action="store_true", help="add the per-request arrays")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--metrics-url", action="append", default=[],
+                   help="a service's Prometheus page (repeatable; grpc and scheduler backends): "
+                        "GPU busy/idle time, steps and preemptions over the run go into the result")
     cli._add_worker_flags(parser, own_budget=False)
     cli._add_scheduler_flags(parser)
 
@@ -294,8 +316,9 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.model is not None and not Path(args.model).is_dir():
         raise BenchmarkError(f"--model {args.model} is not a directory")
     if args.backend == "inprocess":
-        if args.address is not None or args.channels != 1:
-            raise BenchmarkError("--address and --channels apply to the grpc and scheduler backends only")
+        if args.address is not None or args.channels != 1 or args.metrics_url:
+            raise BenchmarkError("--address, --channels and --metrics-url apply to the grpc and "
+                                 "scheduler backends only")
     elif args.address is None:
         args.address = DEFAULT_ADDRESSES[args.backend]
 

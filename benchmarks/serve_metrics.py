@@ -154,6 +154,12 @@ def error_counts(records: list[RequestRecord]) -> dict[str, int]:
 # ---------------------------------------------------------------- printed table
 
 
+COUNTER_ROWS = (("gpu_busy_fraction", "GPU busy fraction"), ("gpu_busy_s", "GPU busy (s)"),
+                ("gpu_idle_s", "GPU idle between steps (s)"), ("gpu_steps", "GPU steps"),
+                ("scheduler_steps", "Scheduler steps"),
+                ("preemptions", "Preemptions"), ("client_cpu_s", "Benchmark process CPU (s)"))
+
+
 def format_table(result: dict) -> str:
     """The result as a readable block, in the layout of `vllm bench serve`."""
     rows = [
@@ -175,6 +181,10 @@ def format_table(result: dict) -> str:
         lines.append(f"{' ' + title + ' ':-^60}")
         lines += [_row(f"{stat.capitalize()} {key.upper()} (ms)", result[f"{stat}_{key}_ms"])
                   for stat in ("mean", "median", *(f"p{p}" for p in PERCENTILES))]
+    counters = result.get("server_counters") or {}
+    if counters:
+        lines.append(f"{' Server (over the measured run) ':-^60}")
+        lines += [_row(name, counters[key]) for key, name in COUNTER_ROWS if key in counters]
     lines.append("=" * 60)
     if result["errors"]:
         lines += ["Failures:"] + [f"  {count} x {error}" for error, count in result["errors"].items()]

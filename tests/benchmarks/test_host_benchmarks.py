@@ -21,3 +21,19 @@ def test_host_step_times_every_stage(capsys):
         "scheduler: schedule", "scheduler: plan -> bytes", "worker: bytes -> plan", "worker: launch + finish",
         "worker: result -> bytes", "scheduler: bytes -> result", "scheduler: update"]
     assert all(float(ms) >= 0 for _, ms in stages)
+
+
+def test_profile_eager_step_builds_mixed_steps_and_counts_linear_parameters(demo_model_dir):
+    from benchmarks import profile_decode
+    from services.worker.config import WorkerConfig
+    from services.worker.model_runner import ModelRunner
+
+    runner = ModelRunner(WorkerConfig(model=demo_model_dir, device="cpu", num_kv_blocks=32, block_size=16,
+                                      max_model_len=64))
+    step, num_tokens = profile_decode.eager_step(runner, "2:20:1:8")
+    assert num_tokens == 2 + 8
+    step()  # two decodes at 20 tokens of context beside one 8-token prompt
+    c = runner.model_config
+    per_layer = (c.hidden_size * (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim
+                 + c.num_attention_heads * c.head_dim * c.hidden_size + 3 * c.intermediate_size * c.hidden_size)
+    assert profile_decode.linear_params(runner.model) == c.num_hidden_layers * per_layer

@@ -107,8 +107,15 @@ def test_without_peers_or_bandwidth_the_cells_are_empty(tmp_path, capsys):
     (tmp_path / "r.json").write_text(json.dumps(sluice_run(label="alone")))
     assert main([str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert row_of(text, "alone")[5:] == ["—", "—", "50.00", "20.00", "50.00", "400", "—", "—"]
+    assert row_of(text, "alone")[5:] == ["—", "—", "50.00", "20.00", "50.00", "400", "—", "—", "—", "—"]
     assert "LMDeploy" not in text and "bandwidth unknown" in text
+
+
+def test_server_counters_give_gpu_busy_and_preemptions(tmp_path, capsys):
+    run = sluice_run(label="counted", server_counters={"gpu_busy_fraction": 0.874, "preemptions": 43.0})
+    (tmp_path / "r.json").write_text(json.dumps(run))
+    assert main([str(tmp_path)]) == 0
+    assert row_of(capsys.readouterr().out, "counted")[-2:] == ["87%", "43.00"]
 
 
 @pytest.mark.parametrize("argv, message", [

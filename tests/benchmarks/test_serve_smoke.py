@@ -37,16 +37,28 @@ def test_inprocess_backend(tmp_path, demo_model_dir):
     check_result(result)
     assert result["backend"] == "inprocess" and result["server"]["vocab_size"] == 2000
     assert result["config"]["max_num_seqs"] == 2
+    counters = result["server_counters"]  # this process's registry, differenced over the run
+    assert counters["worker_tokens"] == 4 * (8 + 7)  # each prompt, then 7 decode steps (the 8th is sampled)
+    assert counters["preemptions"] == 0 and counters["scheduler_steps"] >= 8
+    assert "gpu_busy_s" not in counters  # a CPU worker records no GPU times
 
 
 @pytest.mark.parametrize("backend, service, extra", [
-    ("grpc", "tokenizer", ["--channels", "2", "--max-concurrency", "2"]),
+    ("grpc", "tokenizer", ["--channels", "2", "--max-concurrency", "2", "--metrics-url", "scheduler",
+                           "--metrics-url", "worker"]),
     ("scheduler", "scheduler", ["--request-rate", "40", "--dataset-seed", "3"]),
 ])
 def test_grpc_backends_against_the_stack(tmp_path, stack, backend, service, extra):
+    extra = [f"http://127.0.0.1:{stack.metrics_ports[arg]}/metrics" if arg in stack.metrics_ports else arg
+             for arg in extra]
     result = run_benchmark(tmp_path, "--backend", backend, "--address", stack.address(service),
                            "--model", stack.model_dir, *extra)
     check_result(result)
+    if backend == "grpc":  # counters read from the scheduler's and the worker's pages
+        assert result["server_counters"]["worker_tokens"] == 4 * (8 + 7)
+        assert result["server_counters"]["scheduler_steps"] >= 8
+    else:
+        assert result["server_counters"] == {}
     assert result["backend"] == backend and result["model"] == "demo"
     assert result["peak_in_flight"] <= (2 if backend == "grpc" else 4)
     load = stack.wait_idle()
@@ -62,3 +74,16 @@ def test_inprocess_start_failure_is_a_clear_error(demo_model_dir, capsys):
 def test_unreachable_server_is_a_clear_error(capsys):
     assert main([*WORKLOAD, "--address", "127.0.0.1:1"]) == 2
     assert "cannot reach the Generation API at 127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_unreachable_metrics_page_is_a_clear_error(stack, capsys):
+    argv = ["--backend", "scheduler", "--address", stack.address("scheduler"), "--model", stack.model_dir,
+            "--metrics-url", "http://127.0.0.1:1/metrics"]
+    assert main([*WORKLOAD, *argv]) == 2
+    assert "cannot read the metrics pages" in capsys.readouterr().err
+
+
+def test_metrics_url_is_refused_in_process(demo_model_dir, capsys):
+    argv = ["--backend", "inprocess", "--model", demo_model_dir, "--metrics-url", "http://127.0.0.1:1/metrics"]
+    assert main([*WORKLOAD, *argv]) == 2
+    assert "--metrics-url apply to the grpc and scheduler backends only" in capsys.readouterr().err
