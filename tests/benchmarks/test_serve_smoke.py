@@ -58,7 +58,7 @@ def test_grpc_backends_against_the_stack(tmp_path, stack, backend, service, extr
         assert result["server_counters"]["worker_tokens"] == 4 * (8 + 7)
         assert result["server_counters"]["scheduler_steps"] >= 8
     else:
-        assert result["server_counters"] == {}
+        assert set(result["server_counters"]) == {"client_cpu_s"}  # no --metrics-url given
     assert result["backend"] == backend and result["model"] == "demo"
     assert result["peak_in_flight"] <= (2 if backend == "grpc" else 4)
     load = stack.wait_idle()
