@@ -32,6 +32,16 @@ def choose_num_splits(batch_size: int, num_kv_heads: int, max_seq_len: int, num_
     return choose(batch_size, num_kv_heads, max_seq_len, num_sms)
 
 
+def warm_up(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
+            device: torch.device) -> None:
+    """Compile now every decode-kernel variant that serving can launch (none on the torch path)."""
+    probe = torch.empty(0, device=device)
+    if _triton_backend(probe) and device.type == "cuda":
+        from kernels.decode_attention import warm_up as warm_up_decode
+
+        warm_up_decode(num_heads, num_kv_heads, head_dim, block_size, dtype, device)
+
+
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, num_splits: int,
                      out: torch.Tensor | None = None,

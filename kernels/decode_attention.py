@@ -44,6 +44,23 @@ _CONFIGS = {
 }
 
 
+MAX_SPLITS = 64
+
+
+def warm_up(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
+            device: torch.device) -> None:
+    """Compile every variant of the kernel that serving can launch (one per power-of-two bound
+    on the split count, 1 .. MAX_SPLITS), so that no step waits for the JIT."""
+    query = torch.zeros(1, num_heads, head_dim, dtype=dtype, device=device)
+    cache = torch.zeros(1, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
+    block_tables = torch.zeros(1, 1, dtype=torch.int32, device=device)
+    seq_lens = torch.ones(1, dtype=torch.int32, device=device)
+    num_splits = 1
+    while num_splits <= MAX_SPLITS:
+        decode_attention_fwd(query, cache, cache, block_tables, seq_lens, 1.0, num_splits, torch.empty_like(query))
+        num_splits *= 2
+
+
 def choose_num_splits(batch_size: int, num_kv_heads: int, max_seq_len: int, num_sms: int) -> int:
     """Splits per sequence so that stage 1 has about 8 programs per SM, each >= 128 tokens long.
 
@@ -52,7 +69,7 @@ def choose_num_splits(batch_size: int, num_kv_heads: int, max_seq_len: int, num_
     """
     target = -(-8 * num_sms // max(batch_size * num_kv_heads, 1))
     most = max(1, max_seq_len // MIN_SPLIT_TOKENS)
-    return max(1, min(target, most, 64))
+    return max(1, min(target, most, MAX_SPLITS))
 
 
 def alloc_workspace(batch_size: int, num_heads: int, num_kv_heads: int, head_dim: int, num_splits: int,
@@ -122,16 +139,16 @@ def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         assert {mid_out.device, mid_lse.device, counters.device} == {query.device}, \
             (mid_out.device, mid_lse.device, counters.device, query.device)
     else:
-        mid_out, mid_lse, counters = out, seq_lens, seq_lens  # unused by the kernel when NUM_SPLITS == 1
+        mid_out, mid_lse, counters = out, seq_lens, seq_lens  # unused by the kernel with one split
     _decode_kernel[(batch_size, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens, out, mid_out, mid_lse, counters,
-        scale * LOG2E,
+        scale * LOG2E, num_splits,
         query.stride(0), query.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=block_n, NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), IS_FP32=is_fp32,
+        BLOCK_N=block_n, SPLIT=num_splits > 1, BLOCK_S=triton.next_power_of_2(num_splits), IS_FP32=is_fp32,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
@@ -141,28 +158,32 @@ def _check(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
            seq_lens: torch.Tensor, scale: float, num_splits: int, out: torch.Tensor) -> None:
     check_paged_inputs(query, k_cache, v_cache, block_tables, seq_lens, scale, out)
     assert seq_lens.shape == (query.shape[0],), (seq_lens.shape, query.shape)  # one new token per sequence
-    assert isinstance(num_splits, int) and 1 <= num_splits <= 1024, num_splits
+    assert isinstance(num_splits, int) and 1 <= num_splits <= MAX_SPLITS, num_splits
 
 
-# The block-table width changes every step: specialising on it (== 1, % 16) would JIT-compile
-# new variants mid-serving (a ~1 s stall each).
-@triton.jit(do_not_specialize=["stride_bt"])
+# What changes from step to step must not pick a compiled variant, or serving would JIT-compile
+# new ones mid-run (a ~1 s stall each): the block-table width and the split count are not
+# specialised on (== 1, % 16), nor is the alignment of the scalar-only pointers (a mixed step
+# passes slices of them). The variants left are SPLIT x BLOCK_S, all compiled by `warm_up`.
+@triton.jit(do_not_specialize=["stride_bt", "num_splits"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr"])
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, mid_out_ptr, mid_lse_ptr,
     counters_ptr,
     qk_scale,  # softmax scale * log2(e): scores live in the log2 domain
+    num_splits,  # splits per sequence (the grid's third dimension), <= BLOCK_S
     stride_qb, stride_qh,
     stride_cache_block, stride_cache_tok, stride_cache_head,
     stride_bt,
     stride_ob, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP32: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP32: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N  # 0 only when seq_len == 0
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N  # 0 only when seq_len == 0
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
@@ -171,7 +192,7 @@ def _decode_kernel(
     head_mask = offs_h < GROUP
     heads = kv_head * GROUP + offs_h  # [BLOCK_H]
     out_ptrs = out_ptr + seq * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]  # [BLOCK_H, D]
-    if NUM_SPLITS > 1:  # noqa: SIM102 (a constexpr test; `and` would mix it with a tensor)
+    if SPLIT:  # noqa: SIM102 (a constexpr test; `and` would mix it with a tensor)
         if start >= end:  # an empty split; split 0 is empty only when seq_len == 0
             if split == 0:
                 tl.store(out_ptrs, tl.zeros([BLOCK_H, HEAD_DIM], dtype=out_ptr.dtype.element_ty),
@@ -207,9 +228,9 @@ def _decode_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
 
-    l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i == 0 only for an empty sequence (NUM_SPLITS == 1)
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i == 0 only for an empty sequence (one split)
     result = acc / l_safe[:, None]  # [BLOCK_H, D]
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=head_mask[:, None])
     else:
         num_active = tl.cdiv(seq_len, split_len)  # splits 0 .. num_active - 1 are non-empty, split_len > 0
@@ -217,7 +238,7 @@ def _decode_kernel(
             tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=head_mask[:, None])
         else:
             num_kv_heads = tl.num_programs(1)
-            rows = (seq * num_kv_heads * GROUP + heads) * NUM_SPLITS  # [BLOCK_H], split 0 in [B * Hq, S]
+            rows = (seq * num_kv_heads * GROUP + heads) * num_splits  # [BLOCK_H], split 0 in [B * Hq, S]
             tl.store(mid_out_ptr + (rows + split)[:, None] * HEAD_DIM + offs_d[None, :], result,
                      mask=head_mask[:, None])
             tl.store(mid_lse_ptr + rows + split, m_i + tl.math.log2(l_safe), mask=head_mask)

@@ -114,9 +114,11 @@ def _scores(q, k, IS_FP32: tl.constexpr):
     return qk
 
 
-# The block-table width changes every step: specialising on it (== 1, % 16) would JIT-compile
-# new variants mid-serving (a ~1 s stall each).
-@triton.jit(do_not_specialize=["stride_bt"])
+# Nothing that changes from step to step may pick a compiled variant (a ~1 s JIT stall each,
+# mid-serving): not the block-table width (== 1, % 16), nor the alignment of the scalar-only
+# pointers (mixed steps pass slices of seq_lens and block_tables that start at the first prompt).
+@triton.jit(do_not_specialize=["stride_bt"],
+            do_not_specialize_on_alignment=["query_start_loc_ptr", "seq_lens_ptr", "block_tables_ptr"])
 def _extend_kernel(
     q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, out_ptr, query_start_loc_ptr, seq_lens_ptr,
     block_tables_ptr,

@@ -12,7 +12,8 @@ STEP_ERRORS = Counter("sluice_worker_step_errors_total", "Steps that raised")
 KV_BLOCKS = Gauge("sluice_worker_kv_cache_blocks", "KV cache blocks allocated")
 ACTIVE_REQUESTS = Gauge("sluice_worker_active_requests", "Requests whose state the worker holds")
 GPU_STEP = Histogram("sluice_worker_gpu_step_seconds",
-                     "GPU time of one step, first to last kernel (CUDA events)", buckets=LATENCY_BUCKETS)
+                     "GPU time of one step: first kernel after the host built its inputs, to the last (CUDA events)",
+                     buckets=LATENCY_BUCKETS)
 GPU_IDLE = Histogram("sluice_worker_gpu_idle_seconds",
                      "GPU idle gap between the end of one step and the start of the next (CUDA events)",
                      buckets=(0.0, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kernels import attention
 from services.common.sampling import SamplingParams
 from services.common.step import CacheSpec, SampledToken, StepPlan, StepResult
 from services.worker import metrics
@@ -80,6 +81,10 @@ class ModelRunner:
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # Leave a core to the event loop: spinning OpenMP threads otherwise starve it (10x).
             torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+        elif self.device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
+            # The host side only builds small index tensors: intra-op threads would just spin
+            # between them (a CUDA worker was seen burning four cores).
+            torch.set_num_threads(1)
         self.model_config = ModelConfig.from_hf(config.model)
         self.dtype = resolve_dtype(config, self.model_config.torch_dtype, self.device)
         self.max_model_len = resolve_max_model_len(config, self.model_config)
@@ -104,6 +109,10 @@ class ModelRunner:
                                        -(-self.max_model_len // config.block_size),
                                        self.max_model_len, self.device)
             self.graphs.capture()
+        if self.device.type == "cuda":  # no JIT compile mid-serving for a step shape not seen yet
+            mc = self.model_config
+            attention.warm_up(mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, config.block_size,
+                              self.dtype, self.device)
         clock.mark("kv cache + graphs")
         logger.info("start-up times: %s", clock)
         logger.info("model %s (%s) on %s in %s: %d KV blocks of %d tokens, max_model_len %d",
@@ -147,10 +156,10 @@ class ModelRunner:
         if any(_needs_history(st.sampling) and st.pending for st, _ in scheduled):
             for earlier in list(self._inflight):  # penalties/seeds/min_tokens count known tokens
                 self.finish(earlier)
-        if self.device.type == "cuda":
+        inputs = self.input_batch.prepare(scheduled, self.device)
+        if self.device.type == "cuda":  # after the host built the inputs: GPU time only, gaps are idle
             handle.start_event = torch.cuda.Event(enable_timing=True)
             handle.start_event.record()
-        inputs = self.input_batch.prepare(scheduled, self.device)
         handle.sampling_requests = inputs.sampling_requests
         with torch.inference_mode():
             logits = self._logits(inputs)

@@ -235,3 +235,16 @@ def test_cached_workspace_grows_by_powers_of_two_and_keeps_outgrown_ones():
     grown = da._cached_workspace(5, *shape[:3], shape[3], device)
     assert grown[0].shape[0] == 8 and any(w is first for w in da._RETIRED)
     assert da._cached_workspace(2, *shape[:3], shape[3], device) is grown
+
+
+def test_split_count_is_a_runtime_argument():
+    """A new split count must not mean a new compiled kernel: only its power-of-two bound (BLOCK_S)
+    and whether it splits at all are compile-time, and `warm_up` compiles each of those."""
+    import inspect
+
+    from kernels import decode_attention
+    params = inspect.signature(decode_attention._decode_kernel.fn).parameters
+    assert "num_splits" in params and "NUM_SPLITS" not in params
+    assert {"SPLIT", "BLOCK_S"} <= set(params)
+    assert decode_attention.MAX_SPLITS == 64
+    assert choose_num_splits(1, 8, 1 << 20, 132) == decode_attention.MAX_SPLITS

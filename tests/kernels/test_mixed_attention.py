@@ -50,3 +50,29 @@ def check_mixed_step(seq_lens, query_lens, num_decodes, heads, block_size, dtype
     metadata.num_decodes = 0
     whole = layer(batch.query.flatten(1), batch.key.flatten(1), batch.value.flatten(1), metadata)
     assert_attention_close(whole.view_as(batch.query), expected)
+
+
+@pytest.mark.gpu
+def test_gpu_mixed_steps_compile_nothing_after_warm_up():
+    """Serving sees every decode count and context length: after `warm_up` (and one step of each
+    kind, as the worker's profile run and graph capture make), no other step may JIT-compile."""
+    import triton
+
+    from kernels import attention
+    attention.warm_up(32, 8, 128, 16, torch.bfloat16, torch.device("cuda"))
+    check_mixed_step([300, 40, 64], [1, 40, 64], 1, (32, 8, 128), 16, torch.bfloat16)
+    compiled = []
+
+    def record(**kwargs):  # called by Triton before it compiles a variant not in its cache
+        compiled.append(kwargs.get("repr", "?")[:120])
+        return None  # go on and compile it
+
+    triton.knobs.runtime.jit_cache_hook = record
+    try:
+        for num_decodes, context in [(2, 129), (3, 700), (5, 2000), (17, 4000), (33, 1500), (130, 300)]:
+            seq_lens = [context + i for i in range(num_decodes)] + [context + 50, 90]
+            query_lens = [1] * num_decodes + [50, 90]
+            check_mixed_step(seq_lens, query_lens, num_decodes, (32, 8, 128), 16, torch.bfloat16)
+    finally:
+        triton.knobs.runtime.jit_cache_hook = None
+    assert compiled == []
