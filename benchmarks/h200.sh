@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks and GPU tests on one GPU machine, in phases; every figure lands in OUT as JSON.
-#   bash benchmarks/h200.sh OUT PHASE...    phases: gputests kernels profile stack inprocess peer report pack
+#   bash benchmarks/h200.sh OUT PHASE...
+# phases: gputests kernels profile serveprofile stack inprocess peer lmdeploy report pack
 # `stack` serves a random-weight Llama-3-8B-shaped model (bf16, --load-format dummy) through the
 # three gRPC services and drives it with benchmarks/serve.py; `inprocess` runs the same workloads
 # on the in-process engine (no gRPC); `peer` runs transformers' generate (PEER_DIR/hf_generate.py,
@@ -73,6 +74,19 @@ for phase in "$@"; do
       python3 -m benchmarks.models llama3-8b "$MODEL" >/dev/null
       timeout 240 python3 -m benchmarks.profile_decode "$MODEL" --batch ${PROFILE_BATCH:-1 64} --context ${PROFILE_CONTEXT:-384} \
         $(for s in ${PROFILE_STEPS:-0:0:8:1024 512:1024:7:1024}; do echo --step "$s"; done) --out "$OUT/profile_decode${PROFILE_TAG:-}.json" 2>&1 | grep -v Warning | tail -n 120 ;;
+    serveprofile)  # the GPU timeline of in-process serving: what a decode step does beyond the graph
+      python3 -m benchmarks.models llama3-8b "$MODEL" >/dev/null
+      for b in ${SERVE_PROFILE_BATCH:-1 64}; do
+        timeout 240 python3 -m benchmarks.profile_serving "$MODEL" --batch "$b" --steps 32 \
+          --out "$OUT/profile_serving_b$b.json" --trace "$OUT/trace_serving_b$b.json" 2>&1 | grep -v Warning | tail -n 45
+      done ;;
+    lmdeploy)  # LMDeploy's PyTorch engine (the peer script's `full` plan), from wheels in LMD_DIR
+      LMD=${LMD_DIR:-.lmd}
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lmd-site "$LMD"/*.whl \
+        && tar xzf "$LMD"/lmdeploy_site.tgz -C /tmp/lmd-site \
+        && PYTHONPATH="$PYTHONPATH:/tmp/lmd-site" timeout 480 python3 "$PEER_DIR/lmdeploy_pytorch.py" full \
+          2>"$OUT/lmdeploy.log" | tee "$OUT/lmdeploy.jsonl"
+      tail -n 5 "$OUT/lmdeploy.log" ;;
     report)
       python3 -m benchmarks.report "$OUT" --markdown-out "$OUT/report.md" ;;
     pack)  # one archive instead of many files (the device returns a limited number of files)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from benchmarks import grpc_rate, host_step
 
 
@@ -37,3 +39,18 @@ def test_profile_eager_step_builds_mixed_steps_and_counts_linear_parameters(demo
     per_layer = (c.hidden_size * (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim
                  + c.num_attention_heads * c.head_dim * c.hidden_size + 3 * c.intermediate_size * c.hidden_size)
     assert profile_decode.linear_params(runner.model) == c.num_hidden_layers * per_layer
+
+
+def test_serving_timeline_unions_overlaps_and_names_the_gaps():
+    from benchmarks.profile_serving import timeline
+
+    intervals = [(0.0, 10.0, "gemv"), (2.0, 4.0, "copy"), (10.0, 12.0, "norm"),  # busy 0..12
+                 (20.0, 30.0, "gemv"), (31.0, 40.0, "argmax"),  # gap 8 us, then 1 us (not counted)
+                 (60.0, 70.0, "gemv")]  # gap 20 us
+    t = timeline(intervals, steps=2)
+    assert t["wall_us_per_step"] == 35.0 and t["gpu_busy_us_per_step"] == (12 + 19 + 10) / 2
+    assert t["gpu_idle_us_per_step"] == (70 - 41) / 2 and t["gaps_over_5us_per_step"] == 1.0
+    assert [(g["us"], g["after"], g["before"]) for g in t["largest_gaps"]] == [
+        (20.0, "argmax", "gemv"), (8.0, "norm", "gemv")]
+    with pytest.raises(ValueError, match="no GPU activity"):
+        timeline([], steps=1)
