@@ -61,7 +61,7 @@ for phase in "$@"; do
       run_workloads grpc --model "$MODEL" --metrics-url http://localhost:9402/metrics \
         --metrics-url http://localhost:9403/metrics
       curl -s localhost:9402/metrics | grep -E "^sluice_scheduler_(step_seconds|preemptions)" > "$OUT/scheduler_metrics.txt"
-      curl -s localhost:9403/metrics | grep -E "^sluice_worker_(gpu_|step_seconds)" > "$OUT/worker_metrics.txt"
+      curl -s localhost:9403/metrics | grep -E "^sluice_worker_(gpu_|step_seconds|jit_)" > "$OUT/worker_metrics.txt"
       kill -TERM $stack; wait $stack ;;
     inprocess)
       python3 -m benchmarks.models llama3-8b "$MODEL" >/dev/null

@@ -11,6 +11,8 @@ TOKENS = Counter("sluice_worker_tokens_total", "Tokens computed (prefill and dec
 STEP_ERRORS = Counter("sluice_worker_step_errors_total", "Steps that raised")
 KV_BLOCKS = Gauge("sluice_worker_kv_cache_blocks", "KV cache blocks allocated")
 ACTIVE_REQUESTS = Gauge("sluice_worker_active_requests", "Requests whose state the worker holds")
+JIT_COMPILES = Counter("sluice_worker_jit_compiles_total",
+                       "Triton kernel variants compiled after start-up (each stalls a step for ~1 s)")
 GPU_STEP = Histogram("sluice_worker_gpu_step_seconds",
                      "GPU time of one step: first kernel after the host built its inputs, to the last (CUDA events)",
                      buckets=LATENCY_BUCKETS)

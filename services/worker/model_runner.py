@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels import attention
+from kernels import attention, jit_watch
 from services.common.sampling import SamplingParams
 from services.common.step import CacheSpec, SampledToken, StepPlan, StepResult
 from services.worker import metrics
@@ -55,6 +55,12 @@ def _needs_history(sampling: SamplingParams) -> bool:
     """Sampling that reads the request's exact output so far (so pending tokens must be known)."""
     blocks_stops = sampling.min_tokens > 0 and (sampling.stop_token_ids or not sampling.ignore_eos)
     return sampling.needs_penalties or blocks_stops or (sampling.seed is not None and not sampling.greedy)
+
+
+def _compiled_while_serving(description: str) -> None:
+    metrics.JIT_COMPILES.inc()
+    logger.warning("Triton is compiling a kernel variant after start-up (every request in the step waits): %s",
+                   description[:400])
 
 
 class _PhaseClock:
@@ -113,6 +119,7 @@ class ModelRunner:
             mc = self.model_config
             attention.warm_up(mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, config.block_size,
                               self.dtype, self.device)
+            jit_watch.on_compile(_compiled_while_serving)
         clock.mark("kv cache + graphs")
         logger.info("start-up times: %s", clock)
         logger.info("model %s (%s) on %s in %s: %d KV blocks of %d tokens, max_model_len %d",
