@@ -164,9 +164,10 @@ def _check(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
 # What changes from step to step must not pick a compiled variant, or serving would JIT-compile
 # new ones mid-run (a ~1 s stall each): the block-table width and the split count are not
 # specialised on (== 1, % 16), nor is the alignment of the scalar-only pointers (a mixed step
-# passes slices of them). The variants left are SPLIT x BLOCK_S, all compiled by `warm_up`.
+# passes slices of them; with one split, mid_lse and counters are seq_lens). The variants left are
+# SPLIT x BLOCK_S, all compiled by `warm_up`.
 @triton.jit(do_not_specialize=["stride_bt", "num_splits"],
-            do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr"])
+            do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr", "mid_lse_ptr", "counters_ptr"])
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, mid_out_ptr, mid_lse_ptr,
     counters_ptr,

@@ -30,7 +30,7 @@ def write_kv_triton(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tenso
                            row_size, BLOCK=block, num_warps=4)
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["slot_mapping_ptr"])  # views into a step's packed index buffer
 def _write_kv_kernel(key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
                      key_token_stride, value_token_stride, row_size, BLOCK: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
@@ -102,7 +102,7 @@ def rotary_embedding_triton(positions: torch.Tensor, query: torch.Tensor, key: t
         enable_fp_fusion=False)  # an FMA would skip rounding a product to the dtype, as torch rounds it
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["positions_ptr"])  # views into a step's packed index buffer
 def _rotary_kernel(positions_ptr, query_ptr, key_ptr, cos_sin_ptr,
                    query_token_stride, query_head_stride, key_token_stride, key_head_stride,
                    num_heads, num_kv_heads, half_rotary,
@@ -177,7 +177,8 @@ def rotary_and_write_kv_triton(positions: torch.Tensor, query: torch.Tensor, key
         enable_fp_fusion=False)  # as in `rotary_embedding_triton`: products rounded like torch's
 
 
-@triton.jit
+# positions and slot_mapping are views into a step's packed index buffer: any alignment
+@triton.jit(do_not_specialize_on_alignment=["positions_ptr", "slot_mapping_ptr"])
 def _rotary_kv_kernel(positions_ptr, query_ptr, key_ptr, value_ptr, k_cache_ptr, v_cache_ptr,
                       slot_mapping_ptr, cos_sin_ptr,
                       query_token_stride, query_head_stride, key_token_stride, value_token_stride,

@@ -15,7 +15,8 @@ def on_compile(callback: Callable[[str], None]) -> bool:
         return False
 
     def hook(*args, **kwargs):
-        callback(str(kwargs.get("repr", "a Triton kernel")))
+        details = {k: v for k, v in kwargs.items() if k not in ("fn", "repr")}
+        callback(f"{kwargs.get('repr', 'a Triton kernel')} {details}")
         return None  # compile it as usual
 
     runtime.jit_cache_hook = hook

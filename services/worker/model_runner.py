@@ -60,7 +60,7 @@ def _needs_history(sampling: SamplingParams) -> bool:
 def _compiled_while_serving(description: str) -> None:
     metrics.JIT_COMPILES.inc()
     logger.warning("Triton is compiling a kernel variant after start-up (every request in the step waits): %s",
-                   description[:400])
+                   description[:3000])
 
 
 class _PhaseClock:

@@ -62,3 +62,38 @@ def test_dummy_llama3_8b_shape_steps_on_gpu(tmp_path):
     print(f"dummy 8B: start-up {load_seconds:.1f} s, {runner.num_blocks} blocks, "
           f"decode {decode_ms:.1f} ms/step")
     assert 0 <= result.sampled[0].token_id < 128256
+
+
+def test_no_kernel_is_compiled_after_start_up_whatever_the_step_shape():
+    """Steps of odd token counts shift the views into a step's packed index buffers (positions,
+    slot_mapping, seq_lens, ...) off 16-byte alignment; mixed steps pass slices of them. Serving
+    once compiled new variants of the rotary/KV-write and decode kernels for such steps (a ~1 s
+    stall each): after start-up, no step shape may make Triton compile anything."""
+    from kernels import decode_attention, elementwise_triton, extend_attention
+    from services.worker import metrics
+    for module in (decode_attention, elementwise_triton, extend_attention):
+        for kernel in vars(module).values():
+            if hasattr(kernel, "device_caches"):
+                kernel.device_caches.clear()  # variants compiled by earlier tests would hide a miss
+    path, _ = build_checkpoint("llama_gqa_llama3_sharded")
+    runner = make_runner(path, device="cuda", dtype="bfloat16")  # block size 4
+    compiled = metrics.JIT_COMPILES._value.get()
+    a, b, c, d = PROMPTS[0], PROMPTS[1], [*PROMPTS[2], 5], [1, 2, 3, 4, 5, 6]  # 7, 21, 13, 6 tokens
+    plans = [
+        StepPlan(0, new_requests=[NewRequestData("a", a, [], greedy(8), [0, 1], 0),
+                                  NewRequestData("b", b, [], greedy(8), list(range(2, 8)), 0)],
+                 num_scheduled_tokens={"a": 7, "b": 21}),
+        StepPlan(1, new_requests=[NewRequestData("c", c, [], greedy(8), [8, 9, 10, 11], 0)],  # 15 tokens
+                 cached_requests=[CachedRequestData("a", [], 7), CachedRequestData("b", [], 21)],
+                 num_scheduled_tokens={"a": 1, "b": 1, "c": 13}),
+        StepPlan(2, new_requests=[NewRequestData("d", d, [], greedy(8), [12, 13], 0)],  # 9 tokens
+                 cached_requests=[CachedRequestData("a", [14], 8), CachedRequestData("b", [], 22),
+                                  CachedRequestData("c", [], 13)],
+                 num_scheduled_tokens={"a": 1, "b": 1, "c": 1, "d": 6}),
+        StepPlan(3, cached_requests=[CachedRequestData("a", [], 9), CachedRequestData("b", [], 23),
+                                     CachedRequestData("c", [], 14), CachedRequestData("d", [], 6)],
+                 num_scheduled_tokens={"a": 1, "b": 1, "c": 1, "d": 1}),
+    ]
+    for plan in plans:
+        assert len(runner.execute(plan).sampled) == len(plan.num_scheduled_tokens)
+    assert metrics.JIT_COMPILES._value.get() == compiled
