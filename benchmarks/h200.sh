@@ -82,7 +82,7 @@ for phase in "$@"; do
       done ;;
     lmdeploy)  # LMDeploy's PyTorch engine (the peer script's `full` plan), from wheels in LMD_DIR
       LMD=${LMD_DIR:-.lmd}
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lmd-site "$LMD"/*.whl \
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/lmd-site "$LMD"/*.whl \
         && tar xzf "$LMD"/lmdeploy_site.tgz -C /tmp/lmd-site \
         && PYTHONPATH="$PYTHONPATH:/tmp/lmd-site" timeout 480 python3 "$PEER_DIR/lmdeploy_pytorch.py" full \
           2>"$OUT/lmdeploy.log" | tee "$OUT/lmdeploy.jsonl"
