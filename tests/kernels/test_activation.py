@@ -11,11 +11,9 @@ if not torch.cuda.is_available():
 
 from kernels import activation
 from services.worker.layers.activation import SiluAndMul
+from tests.kernels.elementwise_tolerance import DTYPES, assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# (atol, rtol): silu and the product are each rounded to the dtype, so up to two units in the last place.
-TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,12 +32,6 @@ def make_case(num_tokens: int, inter: int, dtype: torch.dtype, strided: bool, se
     wide[:, 0] = -80.0
     wide[:, inter - 1] = 60.0
     return wide.to(dtype)[:, : 2 * inter]
-
-
-def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
-    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, want.dtype, got.shape, want.shape)
-    atol, rtol = TOLERANCE[want.dtype]
-    torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

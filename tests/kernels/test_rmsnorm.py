@@ -11,11 +11,9 @@ if not torch.cuda.is_available():
 
 from kernels import rmsnorm
 from services.worker.layers.norm import RMSNorm
+from tests.kernels.elementwise_tolerance import DTYPES, assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# (atol, rtol): a couple of units in the last place; the half types round twice (normed, then * weight).
-TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
 # Triton's interpreter truncates float32 -> bfloat16 where the GPU rounds to nearest even, so on the CPU
 # a single rounding can differ by one bf16 unit in the last place.
 INTERPRETER_TRUNCATES_BF16 = DEVICE == "cpu"
@@ -40,12 +38,6 @@ def make_case(num_tokens: int, hidden: int, dtype: torch.dtype, strided: bool, s
     residual = (torch.randn(num_tokens, hidden, generator=gen, device=DEVICE) * 10.0).to(dtype)
     weight = (1.0 + 0.1 * torch.randn(hidden, generator=gen, device=DEVICE)).to(dtype)
     return x, weight, residual
-
-
-def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
-    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, want.dtype, got.shape, want.shape)
-    atol, rtol = TOLERANCE[want.dtype]
-    torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

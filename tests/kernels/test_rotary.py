@@ -12,10 +12,9 @@ if not torch.cuda.is_available():
 
 from kernels import rotary
 from services.worker.layers.rotary import get_rope
+from tests.kernels.elementwise_tolerance import DTYPES, assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
 SCALINGS = {
     "default": None,
     "linear": {"rope_type": "linear", "factor": 4.0},
@@ -47,11 +46,6 @@ def split_heads(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: 
     """Views q `[T, Hq, D]`, k `[T, Hkv, D]`, v `[T, Hkv, D]` of the packed projection (as in the model)."""
     q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
     return (t.unflatten(-1, (-1, head_dim)) for t in (q, k, v))
-
-
-def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
-    atol, rtol = TOLERANCE[want.dtype]
-    torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
