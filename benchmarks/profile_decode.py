@@ -69,20 +69,6 @@ def fill_graph_inputs(runner: ModelRunner, batch: int, context: int) -> None:
     graphs.input_ids[:batch].random_(0, runner.model_config.vocab_size)
 
 
-def time_replays(graph: torch.cuda.CUDAGraph, steps: int = 100) -> float:
-    """Median milliseconds of one replay over `steps` replays, each timed by its own events."""
-    for _ in range(5):
-        graph.replay()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
-    for start, end in events:
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize()
-    times = sorted(start.elapsed_time(end) for start, end in events)
-    return times[len(times) // 2]
-
-
 def kernel_table(step, steps: int = 20) -> list[dict]:
     """Per kernel name: calls per step and mean microseconds per step of `step()`, biggest first."""
     from torch.profiler import ProfilerActivity, profile
@@ -102,9 +88,9 @@ def kernel_table(step, steps: int = 20) -> list[dict]:
     return sorted(rows, key=lambda r: -r["us_per_step"])
 
 
-def time_calls(step, steps: int = 20) -> float:
-    """Median milliseconds of `step()` (each call timed by its own events, after 3 warm-ups)."""
-    for _ in range(3):
+def time_calls(step, steps: int = 20, warmups: int = 3) -> float:
+    """Median milliseconds of `step()` (each call timed by its own events, after the warm-ups)."""
+    for _ in range(warmups):
         step()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
     for start, end in events:
@@ -202,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         bucket = runner.graphs.bucket_for(batch)
         fill_graph_inputs(runner, bucket, args.context)
         graph = runner.graphs.graphs[bucket]
-        step_ms = time_replays(graph)
+        step_ms = time_calls(graph.replay, steps=100, warmups=5)
         table = kernel_table(graph.replay)
         kernel_us = sum(r["us_per_step"] for r in table)
         print(f"\nbatch {bucket}: graph replay {step_ms:.3f} ms/step ({1e3 / step_ms:.1f} steps/s, "
