@@ -58,21 +58,17 @@ def test_gpu_mixed_steps_compile_nothing_after_warm_up():
     kind, as the worker's profile run and graph capture make), no other step may JIT-compile."""
     import triton
 
-    from kernels import attention
+    from kernels import attention, jit_watch
     attention.warm_up(32, 8, 128, 16, torch.bfloat16, torch.device("cuda"))
     check_mixed_step([300, 40, 64], [1, 40, 64], 1, (32, 8, 128), 16, torch.bfloat16)
     compiled = []
-
-    def record(**kwargs):  # called by Triton before it compiles a variant not in its cache
-        compiled.append(kwargs.get("repr", "?")[:120])
-        return None  # go on and compile it
-
-    triton.knobs.runtime.jit_cache_hook = record
+    previous = triton.knobs.runtime.jit_cache_hook
+    assert jit_watch.on_compile(compiled.append)
     try:
         for num_decodes, context in [(2, 129), (3, 700), (5, 2000), (17, 4000), (33, 1500), (130, 300)]:
             seq_lens = [context + i for i in range(num_decodes)] + [context + 50, 90]
             query_lens = [1] * num_decodes + [50, 90]
             check_mixed_step(seq_lens, query_lens, num_decodes, (32, 8, 128), 16, torch.bfloat16)
     finally:
-        triton.knobs.runtime.jit_cache_hook = None
+        triton.knobs.runtime.jit_cache_hook = previous
     assert compiled == []
