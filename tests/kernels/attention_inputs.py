@@ -75,3 +75,21 @@ def assert_attention_close(out: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(out.float(), expected.float(), atol=atol, rtol=atol)
     error = (out.double() - expected.double()).norm() / expected.double().norm()
     assert error < rel, f"relative error {error:.2e} >= {rel:.0e}"
+
+
+def check_backend_choice(monkeypatch, call, expected: torch.Tensor, **auto_kwargs) -> None:
+    """`call(**kwargs)` is an attention entry point with its inputs bound. auto: Triton on CUDA, the
+    reference on the CPU (exactly); `SLUICE_ATTENTION_BACKEND` triton and torch force one; with
+    `out` given, the result is written there."""
+    monkeypatch.delenv("SLUICE_ATTENTION_BACKEND", raising=False)
+    monkeypatch.delenv("SLUICE_KERNELS", raising=False)
+    auto = call(**auto_kwargs)
+    if expected.is_cuda:
+        assert_attention_close(auto, expected)
+    else:
+        assert torch.equal(auto, expected)
+    monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "triton")
+    assert_attention_close(call(), expected)
+    monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "torch")
+    out = torch.full_like(expected, float("nan"))
+    assert call(out=out) is out and torch.equal(out, expected)

@@ -1,13 +1,15 @@
 """Triton paged decode attention vs the torch reference (TRITON_INTERPRET=1 without a GPU)."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from kernels import attention
 from kernels.attention_ref import paged_attention
 from kernels.decode_attention import alloc_workspace, choose_num_splits, decode_attention_fwd
-from tests.kernels.attention_inputs import DEVICE, assert_attention_close, build_paged_batch
+from tests.kernels.attention_inputs import DEVICE, assert_attention_close, build_paged_batch, check_backend_choice
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HEADS = {"mha": (2, 2), "gqa4": (4, 1)}
@@ -131,18 +133,7 @@ def test_dispatcher_backends(monkeypatch):
     batch = build_paged_batch(SMALL_SEQ_LENS, [1] * len(SMALL_SEQ_LENS), 4, 1, 16, 4, torch.bfloat16)
     expected = reference(batch, 0.25)
     args = (batch.query, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens, 0.25, 2)
-    monkeypatch.delenv("SLUICE_ATTENTION_BACKEND", raising=False)
-    monkeypatch.delenv("SLUICE_KERNELS", raising=False)
-    auto = attention.decode_attention(*args)
-    if batch.query.is_cuda:
-        assert_attention_close(auto, expected)
-    else:
-        assert torch.equal(auto, expected)
-    monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "triton")
-    assert_attention_close(attention.decode_attention(*args), expected)
-    monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "torch")
-    out = torch.full_like(batch.query, float("nan"))
-    assert attention.decode_attention(*args, out=out) is out and torch.equal(out, expected)
+    check_backend_choice(monkeypatch, functools.partial(attention.decode_attention, *args), expected)
 
 
 # --- GPU: realistic shapes, default configs -------------------------------------------------------

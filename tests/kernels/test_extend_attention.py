@@ -1,13 +1,15 @@
 """Triton paged extend (prefill) attention vs the torch reference (TRITON_INTERPRET=1 without a GPU)."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from kernels import attention
 from kernels.attention_ref import paged_attention
 from kernels.extend_attention import extend_attention_fwd
-from tests.kernels.attention_inputs import assert_attention_close, build_paged_batch
+from tests.kernels.attention_inputs import assert_attention_close, build_paged_batch, check_backend_choice
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HEADS = {"mha": (2, 2), "gqa4": (4, 1)}
@@ -91,18 +93,8 @@ def test_dispatcher_backends(monkeypatch):
     expected = reference(batch, 0.25)
     args = (batch.query, batch.key, batch.value, batch.k_cache, batch.v_cache, batch.query_start_loc,
             batch.seq_lens, batch.block_tables, 0.25)
-    monkeypatch.delenv("SLUICE_ATTENTION_BACKEND", raising=False)
-    monkeypatch.delenv("SLUICE_KERNELS", raising=False)
-    auto = attention.extend_attention(*args, max_query_len=batch.max_query_len)
-    if batch.query.is_cuda:
-        assert_attention_close(auto, expected)
-    else:
-        assert torch.equal(auto, expected)
-    monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "triton")
-    assert_attention_close(attention.extend_attention(*args), expected)
-    monkeypatch.setenv("SLUICE_ATTENTION_BACKEND", "torch")
-    out = torch.full_like(batch.query, float("nan"))
-    assert attention.extend_attention(*args, out=out) is out and torch.equal(out, expected)
+    check_backend_choice(monkeypatch, functools.partial(attention.extend_attention, *args), expected,
+                         max_query_len=batch.max_query_len)
 
 
 # --- GPU: realistic shapes, default configs -------------------------------------------------------
