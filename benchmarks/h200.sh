@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks and GPU tests on one GPU machine, in phases; every figure lands in OUT as JSON.
 #   bash benchmarks/h200.sh OUT PHASE...
-# phases: gputests kernels profile serveprofile stack inprocess peer lmdeploy report pack
+# phases: gputests kernels gemv profile serveprofile stack inprocess peer lmdeploy report pack
 # `stack` serves a random-weight Llama-3-8B-shaped model (bf16, --load-format dummy) through the
 # three gRPC services and drives it with benchmarks/serve.py; `inprocess` runs the same workloads
 # on the in-process engine (no gRPC); `peer` runs transformers' generate (PEER_DIR/hf_generate.py,
@@ -50,6 +50,8 @@ for phase in "$@"; do
     kernels)
       timeout 240 python3 -m benchmarks.kernels --out "$OUT/kernels_attention.json" 2>&1 | tail -n 40
       timeout 120 python3 -m benchmarks.kernels_elementwise --out "$OUT/kernels_elementwise.json" 2>&1 | tail -n 30 ;;
+    gemv)  # the decode GEMV against cuBLAS at the linear shapes, with a sweep of its tile configurations
+      timeout 420 python3 -m benchmarks.kernels_gemv ${GEMV_FLAGS:-} --out "$OUT/kernels_gemv.json" 2>&1 | tail -n 40 ;;
     stack)
       python3 -m benchmarks.models llama3-8b "$MODEL" >/dev/null
       # shellcheck disable=SC2086

@@ -2,8 +2,8 @@
 pure torch elsewhere.
 
 Layout: x `[T, 2I]`, gate in columns `[0, I)` and up in `[I, 2I)`; rows may be strided, columns must
-be contiguous; the output is a new contiguous `[T, I]` in x's dtype. Numerics are those of
-`services.worker.layers.activation.SiluAndMul` (and HF's MLP): silu runs in float32 and is rounded
+be contiguous; the output is a new contiguous `[T, I]` in x's dtype. Numerics are those of HF's MLP
+(`act_fn(gate_proj(x)) * up_proj(x)`): silu runs in float32 and is rounded
 to x's dtype, then the product runs in float32 and is rounded again.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 def _torch_impl(x: torch.Tensor) -> torch.Tensor:
-    """The reference: the same arithmetic as the SiluAndMul layer."""
+    """The reference: the same arithmetic as HF's MLP."""
     gate, up = x.chunk(2, dim=-1)  # [T, I] each
     return F.silu(gate) * up
 

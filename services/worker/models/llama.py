@@ -12,10 +12,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from services.worker.layers.activation import SiluAndMul
 from services.worker.layers.attention import Attention, AttentionMetadata
 from services.worker.layers.embedding import LMHead, VocabEmbedding
-from services.worker.layers.linear import Linear, MergedLinear, QKVLinear
+from services.worker.layers.linear import Linear, MergedLinear, QKVLinear, SiluGatedLinear
 from services.worker.layers.norm import RMSNorm
 from services.worker.layers.rotary import RotaryEmbedding, get_rope
 from services.worker.model_config import ModelConfig
@@ -28,11 +27,10 @@ class LlamaMLP(nn.Module):
             raise ValueError(f"hidden_act {config.hidden_act!r} is not supported (only 'silu')")
         inter = config.intermediate_size
         self.gate_up_proj = MergedLinear(config.hidden_size, [inter, inter], bias=config.mlp_bias)
-        self.act_fn = SiluAndMul()
-        self.down_proj = Linear(inter, config.hidden_size, bias=config.mlp_bias)
+        self.down_proj = SiluGatedLinear(inter, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))  # [T, 2I] -> [T, I] -> [T, H]
+        return self.down_proj(self.gate_up_proj(x))  # [T, H] -> [T, 2I] (gate | up) -> [T, H]
 
 
 class LlamaAttention(nn.Module):

@@ -1,0 +1,107 @@
+"""Triton skinny GEMM (`kernels/gemv_triton.py`) vs `F.linear` and the activation reference
+(TRITON_INTERPRET=1 on CPU)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels import gemv
+from tests.kernels.elementwise_tolerance import DTYPES
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Outputs are sums over K in float32 rounded once to the dtype; summation order differs from cuBLAS.
+TOLERANCE = {torch.float32: (1e-4, 1e-4), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
+
+
+def make_case(rows: int, n: int, k: int, dtype: torch.dtype, gated: bool, bias: bool, seed: int = 0):
+    """x (a row-strided view when gated, as a slice of a wider activation buffer), weight, bias."""
+    gen = torch.Generator(DEVICE).manual_seed(seed)
+    x_width = 2 * k if gated else k
+    x = torch.randn(rows, x_width + 8, generator=gen, device=DEVICE)[:, :x_width]
+    weight = torch.randn(n, k, generator=gen, device=DEVICE) / k ** 0.5
+    b = torch.randn(n, generator=gen, device=DEVICE) if bias else None
+    return x.to(dtype), weight.to(dtype), None if b is None else b.to(dtype)
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape and got.is_contiguous()
+    atol, rtol = TOLERANCE[want.dtype]
+    torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n,k,gated,bias", [
+    (1, 64, 256, False, False), (1, 37, 48, True, True), (2, 40, 512, False, True),
+    (3, 24, 320, True, False), (4, 17, 1024, False, False), (4, 64, 96, True, True),
+])
+def test_matches_reference(dtype, rows, n, k, gated, bias):
+    from kernels.gemv_triton import gemv_triton
+
+    x, weight, b = make_case(rows, n, k, dtype, gated, bias)
+    assert_close(gemv_triton(x, weight, b, gated), gemv._torch_impl(x, weight, b, gated))
+
+
+@pytest.mark.parametrize("config", [(8, 128, 4, 2), (32, 64, 2, 1), (4, 256, 8, 4)])
+def test_every_config_computes_the_same_product(config):
+    """The tuned configurations change only the tiling, never the result beyond summation order."""
+    from kernels.gemv_triton import gemv_triton
+
+    x, weight, b = make_case(3, 50, 512, torch.float32, gated=True, bias=True)
+    assert_close(gemv_triton(x, weight, b, True, config=config), gemv._torch_impl(x, weight, b, True))
+
+
+def test_no_rows():
+    from kernels.gemv_triton import gemv_triton
+
+    x, weight, _ = make_case(0, 16, 64, torch.float32, gated=False, bias=False)
+    assert gemv_triton(x, weight, None, False).shape == (0, 16)
+
+
+def test_dispatch(monkeypatch):
+    """Half-precision CUDA operands with M <= 4 take Triton, unless SLUICE_GEMV=cublas or
+    SLUICE_KERNELS=torch; more rows, float32 and CPU tensors take cuBLAS / torch."""
+    x, weight, _ = make_case(4, 16, 64, torch.bfloat16, gated=False, bias=False)
+    assert gemv.use_gemv(x, weight) == (DEVICE == "cuda")
+    wide, _, _ = make_case(5, 16, 64, torch.bfloat16, gated=False, bias=False)
+    assert not gemv.use_gemv(wide, weight)
+    assert not gemv.use_gemv(x.float(), weight.float())
+    monkeypatch.setenv("SLUICE_GEMV", "cublas")
+    assert not gemv.use_gemv(x, weight)
+    monkeypatch.delenv("SLUICE_GEMV")
+    monkeypatch.setenv("SLUICE_KERNELS", "torch")
+    assert not gemv.use_gemv(x, weight)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_linear_without_triton_is_the_reference(monkeypatch, gated):
+    monkeypatch.setenv("SLUICE_GEMV", "cublas")
+    x, weight, b = make_case(6, 16, 64, torch.float32, gated=gated, bias=True)
+    torch.testing.assert_close(gemv.linear(x, weight, b, gated), gemv._torch_impl(x, weight, b, gated))
+
+
+@pytest.mark.parametrize("shapes", [
+    pytest.param(((2, 64), (16, 32)), id="k-mismatch"),
+    pytest.param(((2, 64), (16, 64), True), id="gated-needs-2k"),
+    pytest.param(((2, 3, 64), (16, 64)), id="3d"),
+])
+def test_launch_asserts(shapes):
+    x_shape, w_shape, *gated = shapes
+    with pytest.raises(AssertionError):
+        gemv.linear(torch.zeros(x_shape, device=DEVICE), torch.zeros(w_shape, device=DEVICE),
+                    gated=bool(gated))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("n,k,gated", [(6144, 4096, False), (4096, 4096, False), (28672, 4096, False),
+                                       (4096, 14336, True), (128256, 4096, False), (1000, 1000, False)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_llama_shapes(rows, n, k, gated, dtype):
+    x, weight, _ = make_case(rows, n, k, dtype, gated, bias=False)
+    assert gemv.use_gemv(x, weight)
+    assert_close(gemv.linear(x, weight, None, gated), gemv._torch_impl(x, weight, None, gated))
