@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.paged_checks import check_paged_inputs
 
 LOG2E = 1.4426950408889634
@@ -140,6 +141,7 @@ def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: to
             (mid_out.device, mid_lse.device, counters.device, query.device)
     else:
         mid_out, mid_lse, counters = out, seq_lens, seq_lens  # unused by the kernel with one split
+    use_pdl = pdl.enabled(query.device)
     _decode_kernel[(batch_size, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens, out, mid_out, mid_lse, counters,
         scale * LOG2E, num_splits,
@@ -149,7 +151,7 @@ def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, SPLIT=num_splits > 1, BLOCK_S=triton.next_power_of_2(num_splits), IS_FP32=is_fp32,
-        num_warps=num_warps, num_stages=num_stages,
+        USE_PDL=use_pdl, num_warps=num_warps, num_stages=num_stages, launch_pdl=use_pdl,
     )
     return out
 
@@ -179,7 +181,9 @@ def _decode_kernel(
     stride_ob, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP32: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl.start(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)

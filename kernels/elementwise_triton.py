@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
+
 
 def write_kv_triton(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     slot_mapping: torch.Tensor) -> None:
@@ -52,17 +54,20 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, residual:
     if num_tokens > 0:
         block = triton.next_power_of_2(hidden)
         has_residual = residual is not None
+        use_pdl = pdl.enabled(x.device)
         _rms_norm_kernel[(num_tokens,)](
             x, residual if has_residual else x, weight, out, new_residual if has_residual else out,
             x.stride(0), residual.stride(0) if has_residual else 0, hidden, eps,
-            HAS_RESIDUAL=has_residual, BLOCK=block, num_warps=min(max(block // 512, 1), 16))
+            HAS_RESIDUAL=has_residual, BLOCK=block, USE_PDL=use_pdl, num_warps=min(max(block // 512, 1), 16),
+            launch_pdl=use_pdl)
     return out if residual is None else (out, new_residual)
 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, new_residual_ptr,
                      x_row_stride, residual_row_stride, hidden, eps,
-                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -168,12 +173,13 @@ def rotary_and_write_kv_triton(positions: torch.Tensor, query: torch.Tensor, key
         return
     block_pairs, block_heads = _rotary_blocks(rotary_dim, num_heads, num_kv_heads)
     row_size = num_kv_heads * head_dim
+    use_pdl = pdl.enabled(query.device)
     _rotary_kv_kernel[(num_tokens,)](
         positions, query, key, value, k_cache, v_cache, slot_mapping, cos_sin_cache,
         query.stride(0), query.stride(1), key.stride(0), value.stride(0),
         num_heads, num_kv_heads, head_dim, rotary_dim // 2,
         BLOCK_HEADS=block_heads, BLOCK_PAIRS=block_pairs, BLOCK_ROW=min(triton.next_power_of_2(row_size), 2048),
-        PARTIAL=rotary_dim < head_dim, num_warps=4,
+        PARTIAL=rotary_dim < head_dim, USE_PDL=use_pdl, num_warps=4, launch_pdl=use_pdl,
         enable_fp_fusion=False)  # as in `rotary_embedding_triton`: products rounded like torch's
 
 
@@ -184,7 +190,8 @@ def _rotary_kv_kernel(positions_ptr, query_ptr, key_ptr, value_ptr, k_cache_ptr,
                       query_token_stride, query_head_stride, key_token_stride, value_token_stride,
                       num_heads, num_kv_heads, head_dim, half_rotary,
                       BLOCK_HEADS: tl.constexpr, BLOCK_PAIRS: tl.constexpr, BLOCK_ROW: tl.constexpr,
-                      PARTIAL: tl.constexpr):
+                      PARTIAL: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.start(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     pairs = tl.arange(0, BLOCK_PAIRS)[None, :]  # [1, BLOCK_PAIRS]; pair i is channels (i, i + R/2)
     pair_mask = pairs < half_rotary

@@ -1,9 +1,9 @@
-"""Linear layers for decode-sized batches: `y = x W^T + b` with a Triton skinny GEMM for M <= 4 rows
-on CUDA (`kernels/gemv_triton.py`), cuBLAS (`F.linear`) for everything else.
+"""Linear layers: `y = x W^T + b` with a Triton GEMV for one row on CUDA (`kernels/gemv_triton.py`,
+the batch-1 decode step), cuBLAS (`F.linear`) for everything else.
 
 `gated=True` takes x as `[M, 2K]` (gate | up) and multiplies `silu(gate) * up` (the arithmetic of
-`kernels.activation.silu_and_mul`), so an MLP's down projection fuses its activation at small M; at
-larger M it runs the activation kernel, then cuBLAS.
+`kernels.activation.silu_and_mul`), so an MLP's down projection fuses its activation at one row; with more
+rows it runs the activation kernel, then cuBLAS.
 
 Shapes: x `[M, K]` (`[M, 2K]` gated) with contiguous columns, weight `[N, K]`, bias `[N]` or None,
 one floating dtype; the output is a new contiguous `[M, N]`. `SLUICE_GEMV=cublas` (read at every
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from kernels import activation
 from kernels.backend import use_triton
 
-MAX_ROWS = 4  # above this cuBLAS's tensor-core GEMMs reuse each weight tile enough to win
+MAX_ROWS = 1  # the Triton kernel reads W once per row; cuBLAS reads it once for all rows
 _DTYPES = (torch.float16, torch.bfloat16)
 
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import gemv
 from services.worker.layers.linear import default_weight_loader
 
 
@@ -36,4 +37,4 @@ class LMHead(nn.Module):
             self.weight.weight_loader = default_weight_loader
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.weight)
+        return gemv.linear(hidden, self.weight)

@@ -1,0 +1,50 @@
+"""Programmatic dependent launch (PDL, sm_90 and newer) for the kernels of a decode step.
+
+Between two kernels on a stream the GPU normally drains the first grid, then launches the second:
+a few microseconds per boundary, and a decode step of an 8B model has about 250 of them. A kernel
+launched with `launch_pdl=True` may instead be scheduled as soon as every program of the kernel
+before it has executed `gdc_launch_dependents()`; it then blocks in `gdc_wait()` until that kernel
+has completed and its writes are visible.
+
+The contract every kernel compiled with `USE_PDL` keeps:
+1. it calls `gdc_launch_dependents()` at its start, so the next kernel can be made resident early;
+2. before `gdc_wait()` it reads only data no kernel of the step writes (weights) and writes nothing.
+A kernel completes only after its own wait returned, so when kernel N+2 passes its wait, N+1 and
+therefore N have completed: ordering stays transitive along the chain, whatever ran early. The
+skinny GEMM uses the window to load its first weight tile while the previous kernel finishes.
+
+`SLUICE_PDL=0` (read at every launch) turns it off; it is off under the Triton interpreter, which
+has no grid-dependency instructions, and on GPUs before sm_90. Imported by the Triton kernel
+modules only.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+
+def enabled(device: torch.device) -> bool:
+    """Whether kernels launched now on `device` use programmatic dependent launch."""
+    if os.environ.get("SLUICE_PDL", "1") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return device.type == "cuda" and _capability(device.index) >= (9, 0)
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+
+@triton.jit
+def start(USE_PDL: tl.constexpr):
+    """The first statement of a kernel that reads nothing before waiting: let the next kernel be
+    scheduled, then wait for the previous one to complete."""
+    if USE_PDL:
+        gdc_launch_dependents()
+        gdc_wait()
