@@ -183,14 +183,17 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP32: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    pdl.start(USE_PDL)
+    if USE_PDL:
+        pdl.gdc_launch_dependents()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    seq_len = tl.load(seq_lens_ptr + seq)
+    seq_len = tl.load(seq_lens_ptr + seq)  # step metadata: readable before the wait (kernels/pdl.py)
     split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N  # 0 only when seq_len == 0
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
+    if USE_PDL:
+        pdl.gdc_wait()  # q and the new token's K/V come from the kernels before
 
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)

@@ -191,13 +191,17 @@ def _rotary_kv_kernel(positions_ptr, query_ptr, key_ptr, value_ptr, k_cache_ptr,
                       num_heads, num_kv_heads, head_dim, half_rotary,
                       BLOCK_HEADS: tl.constexpr, BLOCK_PAIRS: tl.constexpr, BLOCK_ROW: tl.constexpr,
                       PARTIAL: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl.start(USE_PDL)
+    if USE_PDL:
+        pdl.gdc_launch_dependents()
     token = tl.program_id(0).to(tl.int64)
     pairs = tl.arange(0, BLOCK_PAIRS)[None, :]  # [1, BLOCK_PAIRS]; pair i is channels (i, i + R/2)
     pair_mask = pairs < half_rotary
+    # Step metadata and the cos/sin table: readable while the previous kernel finishes (kernels/pdl.py).
     cos, sin = _load_cos_sin(positions_ptr, cos_sin_ptr, token, half_rotary, pairs, pair_mask,
                              query_ptr.dtype.element_ty)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
+    if USE_PDL:
+        pdl.gdc_wait()
     row_size = num_kv_heads * head_dim
     # A negative slot (CUDA-graph padding) still rotates its query and key but writes no cache row.
     num_written_heads = tl.where(slot >= 0, num_kv_heads, 0)

@@ -26,12 +26,13 @@ from kernels import pdl
 
 
 def pick_config(n: int, k: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) for an `[n, k]` weight. From the H200 sweep of
-    `benchmarks/kernels_gemv.py` at the Llama-3-8B shapes: 4 features per program up to 4096
-    outputs (at least 1024 programs), 8 beyond; 512-wide K tiles; 4 warps. Pipelining stages did
-    not matter (the loop prefetches by hand)."""
-    block_k = 512 if k >= 512 else triton.next_power_of_2(k)
-    return (4 if n <= 4096 else 8), block_k, 4
+    """(BLOCK_N, BLOCK_K, num_warps) for an `[n, k]` weight, from the H200 sweeps of
+    `benchmarks/kernels_gemv.py` at the Llama-3-8B shapes (with PDL): up to 4096 outputs (o, down)
+    8 features per program and 8 warps; wider weights (qkv, gate_up, LM head) 4 features and 4
+    warps; 1024-wide K tiles where K allows, each thread loading 64 bytes of a tile at a time."""
+    if n <= 4096:
+        return 8, min(512, triton.next_power_of_2(k)), 8
+    return 4, (1024 if k % 1024 == 0 else min(512, triton.next_power_of_2(k))), 4
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gated: bool,
