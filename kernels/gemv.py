@@ -12,63 +12,25 @@ call) sends every M to cuBLAS, for A/B runs and for bisecting a numerical differ
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from kernels import activation, rmsnorm
+from kernels import activation
 from kernels.backend import use_triton
 
 MAX_ROWS = 1  # the Triton kernel reads W once per row; cuBLAS reads it once for all rows
 _DTYPES = (torch.float16, torch.bfloat16)
 
 
-@dataclass
-class PendingNorm:
-    """`rms_norm(x + residual) * weight` of one row, not computed yet: the `linear` that consumes it
-    applies it. `new_residual` receives `x + residual` then (it is `x` itself without a residual)."""
-    x: torch.Tensor  # [1, H]
-    residual: torch.Tensor | None  # [1, H]
-    weight: torch.Tensor  # [H]
-    eps: float
-    new_residual: torch.Tensor  # [1, H]
-
-    def materialize(self) -> torch.Tensor:
-        """The normalised row, by the RMSNorm kernel (for a consumer that cannot fuse it)."""
-        if self.residual is None:
-            return rmsnorm.rms_norm(self.x, self.weight, self.eps)
-        out, new_residual = rmsnorm.rms_norm(self.x, self.weight, self.eps, self.residual)
-        self.new_residual.copy_(new_residual)
-        return out
-
-
-def defer_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
-                   ) -> PendingNorm | torch.Tensor | tuple[PendingNorm | torch.Tensor, torch.Tensor]:
-    """`kernels.rmsnorm.rms_norm`, with the same returns, but for one row on the GEMV path the
-    normalised row is a `PendingNorm` for the next `linear` and the new residual is filled by it."""
-    if not _gemv_applies(x):
-        return rmsnorm.rms_norm(x, weight, eps, residual)
-    rmsnorm._check(x, weight, residual)
-    pending = PendingNorm(x, residual, weight, eps, x if residual is None else torch.empty_like(x))
-    return pending if residual is None else (pending, pending.new_residual)
-
-
-def linear(x: torch.Tensor | PendingNorm, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           gated: bool = False) -> torch.Tensor:
-    """`x W^T + b`; with `gated`, `silu(gate) * up` of x first; a `PendingNorm` x is normalised
-    first. `[M, K]` -> `[M, N]`."""
-    norm = x if isinstance(x, PendingNorm) else None
-    if norm is not None:
-        x = norm.x
-        assert not gated and norm.x.shape[0] == 1, (gated, norm.x.shape)
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False
+           ) -> torch.Tensor:
+    """`x W^T + b`; with `gated`, `silu(gate) * up` of x first. `[M, K]` -> `[M, N]`."""
     _check(x, weight, bias, gated)
     if use_gemv(x, weight):
         from kernels.gemv_triton import gemv_triton
 
-        return gemv_triton(x, weight, bias, gated, norm=norm)
-    if norm is not None:
-        x = norm.materialize()
+        return gemv_triton(x, weight, bias, gated)
     if gated:
         x = activation.silu_and_mul(x)
     return F.linear(x, weight, bias)
@@ -76,12 +38,8 @@ def linear(x: torch.Tensor | PendingNorm, weight: torch.Tensor, bias: torch.Tens
 
 def use_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `linear` takes the Triton path for these operands."""
-    return _gemv_applies(x) and weight.is_contiguous() and use_triton(weight)
-
-
-def _gemv_applies(x: torch.Tensor) -> bool:
-    return (x.shape[0] <= MAX_ROWS and x.dtype in _DTYPES
-            and os.environ.get("SLUICE_GEMV", "triton") != "cublas" and use_triton(x))
+    return (x.shape[0] <= MAX_ROWS and x.dtype in _DTYPES and weight.is_contiguous()
+            and os.environ.get("SLUICE_GEMV", "triton") != "cublas" and use_triton(x, weight))
 
 
 def _torch_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False

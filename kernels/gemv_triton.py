@@ -10,13 +10,9 @@ With programmatic dependent launch (`kernels/pdl.py`) a program loads its first 
 `gdc_wait()`, while the kernel before it is still finishing; every later tile is loaded one
 iteration ahead of its use.
 
-Two fusions into the load of x, each with the rounding of the kernel it replaces:
-- `GATED`: x is `[M, 2K]` (gate | up) and the product uses `silu(gate) * up` (`kernels.activation`),
-  so an MLP's down projection needs no activation kernel;
-- `NORM`: the product uses `rms_norm(x + residual) * norm_weight` (`kernels.rmsnorm`). Every program
-  first reads the whole row (from L2: the kernel before just wrote it) to get its inverse RMS, and
-  program 0 writes `x + residual`, the next residual; so the pre-norm of a decoder sublayer needs
-  no kernel of its own.
+`GATED` fuses SiLU-and-mul into the load of x: x is then `[M, 2K]` (gate | up) and the product uses
+`silu(gate) * up` with the rounding of `kernels.activation` (silu rounded to the dtype, then the
+product rounded), so an MLP's down projection needs no separate activation kernel.
 
 Imported on first use by `kernels.gemv`, which checks the operands and holds the torch reference.
 """
@@ -40,9 +36,8 @@ def pick_config(n: int, k: int) -> tuple[int, int, int]:
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gated: bool,
-                config: tuple[int, int, int] | None = None, norm=None) -> torch.Tensor:
-    """x `[M, K]` (or `[M, 2K]` when `gated`), weight `[N, K]` contiguous, bias `[N]` or None.
-    `norm` (a `kernels.gemv.PendingNorm` whose `x` is this x) applies the RMSNorm first."""
+                config: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """x `[M, K]` (or `[M, 2K]` when `gated`), weight `[N, K]` contiguous, bias `[N]` or None."""
     num_rows = x.shape[0]
     n, k = weight.shape
     out = torch.empty((num_rows, n), dtype=x.dtype, device=x.device)
@@ -50,53 +45,23 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return out
     block_n, block_k, num_warps = config or pick_config(n, k)
     use_pdl = pdl.enabled(x.device)
-    has_residual = norm is not None and norm.residual is not None
     _gemv_kernel[(triton.cdiv(n, block_n), num_rows)](
         x, weight, bias if bias is not None else weight, out, n, k, x.stride(0),
-        norm.residual if has_residual else x, norm.residual.stride(0) if has_residual else 0,
-        norm.weight if norm is not None else weight, norm.new_residual if has_residual else x,
-        norm.eps if norm is not None else 0.0,
-        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0, HAS_BIAS=bias is not None, GATED=gated,
-        NORM=norm is not None, HAS_RESIDUAL=has_residual, BLOCK_ROW=triton.next_power_of_2(k),
-        USE_PDL=use_pdl, num_warps=num_warps, num_stages=1, launch_pdl=use_pdl)
+        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0, HAS_BIAS=bias is not None, GATED=gated, USE_PDL=use_pdl,
+        num_warps=num_warps, num_stages=1, launch_pdl=use_pdl)
     return out
 
 
 @triton.jit
-def _load_x(x_row, res_row, norm_w_ptr, rstd, cols, mask, k,
-            GATED: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """x[cols] of one row as float32, after the fused activation or norm, rounded as torch rounds it."""
+def _load_x(x_row, cols, mask, k, GATED: tl.constexpr):
+    """x[cols] of one row as float32; with GATED, silu(gate) * up rounded as torch rounds it."""
     dtype = x_row.dtype.element_ty
     if GATED:
         gate = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
         up = tl.load(x_row + k + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
         silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
         return (silu * up).to(dtype).to(tl.float32)
-    x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_last")
-    if NORM:
-        if HAS_RESIDUAL:
-            r = tl.load(res_row + cols, mask=mask, other=0.0, eviction_policy="evict_last")
-            x = (x.to(tl.float32) + r.to(tl.float32)).to(dtype)
-        normed = (x.to(tl.float32) * rstd).to(dtype).to(tl.float32)
-        w = tl.load(norm_w_ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
-        x = (normed * w).to(dtype)
-    return x.to(tl.float32)
-
-
-@triton.jit
-def _inverse_rms(x_row, res_row, new_res_row, eps, k, HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr):
-    """1 / RMS of the row `x + residual` (rounded to the dtype); program 0 also stores that sum."""
-    dtype = x_row.dtype.element_ty
-    cols = tl.arange(0, BLOCK_ROW)
-    mask = cols < k
-    x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_last")
-    if HAS_RESIDUAL:
-        r = tl.load(res_row + cols, mask=mask, other=0.0, eviction_policy="evict_last")
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(dtype)
-        if tl.program_id(0) == 0:
-            tl.store(new_res_row + cols, x, mask=mask)
-    x32 = x.to(tl.float32)
-    return tl.rsqrt(tl.sum(x32 * x32, axis=0) / k + eps)
+    return tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
 
 
 @triton.jit
@@ -109,11 +74,9 @@ def _load_w(w_ptrs, feature_mask, cols, k, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, n, k, x_row_stride, res_ptr, res_row_stride, norm_w_ptr,
-                 new_res_ptr, eps,
+def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, n, k, x_row_stride,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 GATED: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr,
-                 USE_PDL: tl.constexpr):
+                 GATED: tl.constexpr, USE_PDL: tl.constexpr):
     if USE_PDL:
         pdl.gdc_launch_dependents()
     row = tl.program_id(1).to(tl.int64)
@@ -125,19 +88,13 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, n, k, x_row_stride, res_ptr, res
     if USE_PDL:
         pdl.gdc_wait()
     x_row = x_ptr + row * x_row_stride
-    res_row = res_ptr + row * res_row_stride
-    rstd = 1.0
-    if NORM:
-        rstd = _inverse_rms(x_row, res_row, new_res_ptr + row * k, eps, k, HAS_RESIDUAL, BLOCK_ROW)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     last = tl.cdiv(k, BLOCK_K) * BLOCK_K - BLOCK_K  # start of the last tile
     for start in range(0, last, BLOCK_K):
         w_next = _load_w(w_ptrs + start + BLOCK_K, feature_mask, start + BLOCK_K + cols, k, EVEN_K)  # a tile ahead
-        x = _load_x(x_row, res_row, norm_w_ptr, rstd, start + cols, start + cols < k, k, GATED, NORM, HAS_RESIDUAL)
-        acc += w.to(tl.float32) * x[None, :]
+        acc += w.to(tl.float32) * _load_x(x_row, start + cols, start + cols < k, k, GATED)[None, :]
         w = w_next
-    x = _load_x(x_row, res_row, norm_w_ptr, rstd, last + cols, last + cols < k, k, GATED, NORM, HAS_RESIDUAL)
-    acc += w.to(tl.float32) * x[None, :]
+    acc += w.to(tl.float32) * _load_x(x_row, last + cols, last + cols < k, k, GATED)[None, :]
     result = tl.sum(acc, axis=1)  # [BLOCK_N]
     if HAS_BIAS:
         result += tl.load(bias_ptr + features, mask=feature_mask, other=0.0).to(tl.float32)

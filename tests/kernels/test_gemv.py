@@ -10,7 +10,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels import gemv, rmsnorm
+from kernels import gemv
 from tests.kernels.elementwise_tolerance import DTYPES
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -53,48 +53,6 @@ def test_every_config_computes_the_same_product(config):
 
     x, weight, b = make_case(3, 50, 512, torch.float32, gated=True, bias=True)
     assert_close(gemv_triton(x, weight, b, True, config=config), gemv._torch_impl(x, weight, b, True))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k,with_residual,bias", [(256, True, False), (96, False, True), (1024, True, True)])
-def test_fused_rms_norm_matches_norm_then_linear(dtype, k, with_residual, bias):
-    """A PendingNorm x: rms_norm(x + residual) * norm_weight, then the product; the new residual
-    (x + residual) is written by the kernel."""
-    from kernels.gemv_triton import gemv_triton
-
-    x, weight, b = make_case(1, 40, k, dtype, gated=False, bias=bias)
-    gen = torch.Generator(DEVICE).manual_seed(7)
-    residual = torch.randn(1, k, generator=gen, device=DEVICE).to(dtype) if with_residual else None
-    norm_weight = torch.randn(k, generator=gen, device=DEVICE).to(dtype)
-    pending = gemv.PendingNorm(x, residual, norm_weight, 1e-5, torch.full_like(x, 7.0) if with_residual else x)
-    got = gemv_triton(x, weight, b, False, norm=pending)
-    want_norm = rmsnorm._torch_impl(x, norm_weight, 1e-5, residual)
-    want_x, want_residual = want_norm if with_residual else (want_norm, x)
-    assert_close(got, gemv._torch_impl(want_x, weight, b))
-    assert_close(pending.new_residual, want_residual)  # the interpreter may round bf16 differently
-
-
-@pytest.mark.parametrize("with_residual", [False, True])
-def test_pending_norm_materializes_for_cublas(with_residual):
-    """When the consumer cannot fuse (here: more than one row is never pending, so force cuBLAS by
-    materializing), the norm kernel runs and fills the new residual."""
-    x, weight, _ = make_case(1, 16, 64, torch.float32, gated=False, bias=False)
-    residual = torch.randn_like(x) if with_residual else None
-    norm_weight = torch.rand(64, device=DEVICE) + 0.5
-    pending = gemv.PendingNorm(x, residual, norm_weight, 1e-6, torch.empty_like(x) if with_residual else x)
-    want_norm = rmsnorm._torch_impl(x, norm_weight, 1e-6, residual)
-    want_x = want_norm[0] if with_residual else want_norm
-    torch.testing.assert_close(pending.materialize(), want_x)
-    if with_residual:
-        torch.testing.assert_close(pending.new_residual, want_norm[1])
-
-
-def test_defer_rms_norm_is_the_norm_kernel_off_the_gemv_path():
-    x, _, _ = make_case(1, 16, 64, torch.float32, gated=False, bias=False)
-    residual, norm_weight = torch.randn_like(x), torch.rand(64, device=DEVICE)
-    out, new_residual = gemv.defer_rms_norm(x, norm_weight, 1e-6, residual)  # float32: no GEMV
-    want = rmsnorm.rms_norm(x, norm_weight, 1e-6, residual)
-    assert torch.equal(out, want[0]) and torch.equal(new_residual, want[1])
 
 
 def test_no_rows():
@@ -148,22 +106,6 @@ def test_gpu_llama_shapes(monkeypatch, n, k, gated, dtype, pdl):
     x, weight, _ = make_case(1, n, k, dtype, gated, bias=False)
     assert gemv.use_gemv(x, weight)
     assert_close(gemv.linear(x, weight, None, gated), gemv._torch_impl(x, weight, None, gated))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("with_residual", [False, True])
-def test_gpu_deferred_norm_feeds_the_next_linear(with_residual):
-    x, weight, _ = make_case(1, 6144, 4096, torch.bfloat16, gated=False, bias=False)
-    residual = torch.randn_like(x) if with_residual else None
-    norm_weight = torch.randn(4096, device=DEVICE, dtype=torch.bfloat16)
-    deferred = gemv.defer_rms_norm(x, norm_weight, 1e-5, residual)
-    pending, new_residual = deferred if with_residual else (deferred, x)
-    assert isinstance(pending, gemv.PendingNorm)
-    got = gemv.linear(pending, weight)
-    want = rmsnorm._torch_impl(x, norm_weight, 1e-5, residual)
-    want_x, want_residual = want if with_residual else (want, x)
-    assert_close(got, gemv._torch_impl(want_x, weight))
-    assert torch.equal(new_residual, want_residual)  # on a GPU the sum rounds exactly as torch's
 
 
 @pytest.mark.gpu

@@ -55,8 +55,8 @@ def test_batch1_decode_graphs_with_gemv_and_pdl_agree_with_prefill(monkeypatch, 
     outputs = []
     for i, prompt in enumerate(PROMPTS):  # one request at a time: every decode step is batch 1
         driver = StepDriver(runner, seed=i)
-        driver.add("r", prompt, greedy(24))
-        outputs.append(driver.run()["r"])
+        driver.add(f"r{i}", prompt, greedy(24))
+        outputs.append(driver.run()[f"r{i}"])
     assert calls, "the batch-1 path did not use the Triton GEMV"
     for prompt, out in zip(PROMPTS, outputs, strict=True):
         logits = sluice_prefill_logits(runner, [prompt + out[:-1]])[0][len(prompt) - 1:].float()  # [24, V]

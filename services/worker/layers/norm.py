@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.gemv import PendingNorm, defer_rms_norm
 from kernels.rmsnorm import rms_norm
 
 
@@ -22,10 +21,3 @@ class RMSNorm(nn.Module):
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """`norm(x)`; or with `residual`, `(norm(x + residual), x + residual)`. All `[T, H]`."""
         return rms_norm(x, self.weight, self.eps, residual)
-
-    def defer(self, x: torch.Tensor, residual: torch.Tensor | None = None
-              ) -> PendingNorm | torch.Tensor | tuple[PendingNorm | torch.Tensor, torch.Tensor]:
-        """`forward`, except that for one row on CUDA the normalisation is left to the linear layer
-        that takes the result (a `PendingNorm`; see `kernels/gemv.py`). Only for a norm whose output
-        goes straight into a linear layer."""
-        return defer_rms_norm(x, self.weight, self.eps, residual)

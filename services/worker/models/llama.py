@@ -60,13 +60,12 @@ class LlamaDecoderLayer(nn.Module):
                 metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-norm block. `residual` is the running sum of the stream, `hidden` the last sublayer's
         output (None residual on the first layer: hidden is then the embedding)."""
-        # Each norm feeds a linear layer (qkv, gate_up), which applies it at batch-1 decode.
         if residual is None:
-            residual, hidden = hidden, self.input_layernorm.defer(hidden)
+            residual, hidden = hidden, self.input_layernorm(hidden)
         else:
-            hidden, residual = self.input_layernorm.defer(hidden, residual)
+            hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(positions, hidden, metadata)
-        hidden, residual = self.post_attention_layernorm.defer(hidden, residual)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
 
