@@ -6,9 +6,9 @@ of W once (`evict_first`) and accumulating elementwise in float32, reduced once 
 kernel, no split-K reduction pass, no atomics, so the result does not depend on the tiling. Rows of
 x are independent programs (grid axis 1), each reading W again: right for one row, wasteful beyond.
 
-Each program keeps two weight tiles in flight ahead of their use. With programmatic dependent
-launch (`kernels/pdl.py`) it loads the first two before `gdc_wait()`, while the kernel before it is
-still finishing.
+With programmatic dependent launch (`kernels/pdl.py`) a program loads its first weight tile before
+`gdc_wait()`, while the kernel before it is still finishing; every later tile is loaded one
+iteration ahead of its use.
 
 `GATED` fuses SiLU-and-mul into the load of x: x is then `[M, 2K]` (gate | up) and the product uses
 `silu(gate) * up` with the rounding of `kernels.activation` (silu rounded to the dtype, then the
@@ -84,26 +84,17 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, n, k, x_row_stride,
     cols = tl.arange(0, BLOCK_K)
     feature_mask = features < n
     w_ptrs = w_ptr + features[:, None].to(tl.int64) * k + cols[None, :]  # [BLOCK_N, BLOCK_K]
-    # Two weight tiles in flight ahead of their use; both are loaded before the wait (weights are
-    # readable while the previous kernel ends). Tile 1 is masked off when K has one tile.
-    num_tiles = tl.cdiv(k, BLOCK_K)
-    w0 = _load_w(w_ptrs, feature_mask, cols, k, EVEN_K)
-    w1 = _load_w(w_ptrs + BLOCK_K, features < tl.where(num_tiles > 1, n, 0), BLOCK_K + cols, k, EVEN_K)
+    w = _load_w(w_ptrs, feature_mask, cols, k, EVEN_K)  # weights: readable before the previous kernel ends
     if USE_PDL:
         pdl.gdc_wait()
     x_row = x_ptr + row * x_row_stride
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for tile in range(0, num_tiles - 2):
-        start = tile * BLOCK_K
-        w2 = _load_w(w_ptrs + start + 2 * BLOCK_K, feature_mask, start + 2 * BLOCK_K + cols, k, EVEN_K)
-        acc += w0.to(tl.float32) * _load_x(x_row, start + cols, start + cols < k, k, GATED)[None, :]
-        w0 = w1
-        w1 = w2
-    # The last two tiles (with one tile: tile 0, and w1 is all zeros).
-    start = tl.maximum(num_tiles - 2, 0) * BLOCK_K
-    acc += w0.to(tl.float32) * _load_x(x_row, start + cols, start + cols < k, k, GATED)[None, :]
-    start = (num_tiles - 1) * BLOCK_K
-    acc += w1.to(tl.float32) * _load_x(x_row, start + cols, start + cols < k, k, GATED)[None, :]
+    last = tl.cdiv(k, BLOCK_K) * BLOCK_K - BLOCK_K  # start of the last tile
+    for start in range(0, last, BLOCK_K):
+        w_next = _load_w(w_ptrs + start + BLOCK_K, feature_mask, start + BLOCK_K + cols, k, EVEN_K)  # a tile ahead
+        acc += w.to(tl.float32) * _load_x(x_row, start + cols, start + cols < k, k, GATED)[None, :]
+        w = w_next
+    acc += w.to(tl.float32) * _load_x(x_row, last + cols, last + cols < k, k, GATED)[None, :]
     result = tl.sum(acc, axis=1)  # [BLOCK_N]
     if HAS_BIAS:
         result += tl.load(bias_ptr + features, mask=feature_mask, other=0.0).to(tl.float32)
