@@ -8,6 +8,9 @@ then for each batch size B:
   the median step time (CUDA events around 100 replays) next to the weights roofline (weights bytes
   read per step / the measured device-to-device copy bandwidth);
 - profiles 20 replays with `torch.profiler` and lists every kernel's mean time per step and share.
+  With programmatic dependent launch (`kernels/pdl.py`, on by default on sm_90) a kernel starts
+  before the one ahead of it ends and waits inside, so its time includes that wait and the sum
+  exceeds the step; compare kernels with `SLUICE_PDL=0`, steps with the replay time.
 
 It also times `F.linear` at M = B for each projection shape of the model (median of
 `triton.testing.do_bench`, L2 flushed) as achieved GB/s of the weight bytes.
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nbatch {bucket}: graph replay {step_ms:.3f} ms/step ({1e3 / step_ms:.1f} steps/s, "
               f"{floor_ms / step_ms:.1%} of the weights roofline); kernels sum {kernel_us / 1e3:.3f} ms, "
               f"{sum(r['calls_per_step'] for r in table):.0f} launches")
+        if kernel_us > 1.02e3 * step_ms:
+            print("  (kernels overlap under programmatic dependent launch: their times include waits)")
         print_table(table, step_ms, limit=len(table))
         result["graphs"].append({"batch": bucket, "step_ms": step_ms, "kernel_sum_ms": kernel_us / 1e3,
                                  "roofline_fraction": floor_ms / step_ms, "kernels": table})
