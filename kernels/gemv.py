@@ -2,8 +2,8 @@
 the batch-1 decode step), cuBLAS (`F.linear`) for everything else.
 
 `gated=True` takes x as `[M, 2K]` (gate | up) and multiplies `silu(gate) * up` (the arithmetic of
-`kernels.activation.silu_and_mul`), so an MLP's down projection fuses its activation at one row; with more
-rows it runs the activation kernel, then cuBLAS.
+`kernels.activation.silu_and_mul`), so an MLP's down projection fuses its activation at one row;
+with more rows it runs the activation kernel, then cuBLAS.
 
 Shapes: x `[M, K]` (`[M, 2K]` gated) with contiguous columns, weight `[N, K]`, bias `[N]` or None,
 one floating dtype; the output is a new contiguous `[M, N]`. `SLUICE_GEMV=cublas` (read at every

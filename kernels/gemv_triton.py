@@ -47,8 +47,8 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     use_pdl = pdl.enabled(x.device)
     _gemv_kernel[(triton.cdiv(n, block_n), num_rows)](
         x, weight, bias if bias is not None else weight, out, n, k, x.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0, HAS_BIAS=bias is not None, GATED=gated, USE_PDL=use_pdl,
-        num_warps=num_warps, num_stages=1, launch_pdl=use_pdl)
+        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0, HAS_BIAS=bias is not None, GATED=gated,
+        USE_PDL=use_pdl, num_warps=num_warps, num_stages=1, launch_pdl=use_pdl)
     return out
 
 

@@ -44,7 +44,6 @@ def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-
 @triton.jit
 def start(USE_PDL: tl.constexpr):
     """The first statement of a kernel that reads nothing before waiting: let the next kernel be

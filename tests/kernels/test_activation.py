@@ -9,8 +9,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels import activation
 import torch.nn.functional as F
+
+from kernels import activation
 from tests.kernels.elementwise_tolerance import DTYPES, assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
