@@ -44,7 +44,7 @@ def time_us(fn, weights: list[torch.Tensor]) -> float:
     return graph_time_ms([lambda w=w: fn(w) for w in weights], target_ms=3.0) * 1e3
 
 
-def shape_row(name: str, sweep: bool, env: dict) -> dict:
+def shape_row(name: str, sweep: bool) -> dict:
     n, k, gated = SHAPES[name]
     weights = weight_copies(n, k)
     x = torch.randn(1, 2 * k if gated else k, device="cuda", dtype=DTYPE)
@@ -56,9 +56,9 @@ def shape_row(name: str, sweep: bool, env: dict) -> dict:
     moved = n * k * 2 + x.numel() * 2 + n * 2
     row = {"shape": name, "n": n, "k": k, "gated": gated, "cublas_us": time_us(cublas, weights)}
     default = pick_config(n, k)
-    env["SLUICE_PDL"] = "0"
+    os.environ["SLUICE_PDL"] = "0"  # read at every launch
     row["no_pdl_us"] = time_us(lambda w: gemv_triton(x, w, None, gated), weights)
-    env["SLUICE_PDL"] = "1"
+    os.environ["SLUICE_PDL"] = "1"
     candidates = [default] + ([c for c in SWEEP if c != default] if sweep else [])
     timings = {}
     for config in candidates:
@@ -86,7 +86,7 @@ def main() -> None:
     print(f"copy bandwidth: {bandwidth / 1e9:.0f} GB/s")
     rows = []
     for name in args.shapes:
-        row = shape_row(name, not args.no_sweep, os.environ)
+        row = shape_row(name, not args.no_sweep)
         row["pct_of_copy"] = 100 * row["gb_per_s"] * 1e9 / bandwidth
         rows.append(row)
         print(f"  {name}: cublas {row['cublas_us']:.1f} us, triton without PDL {row['no_pdl_us']:.1f}, "

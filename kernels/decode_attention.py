@@ -141,7 +141,6 @@ def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: to
             (mid_out.device, mid_lse.device, counters.device, query.device)
     else:
         mid_out, mid_lse, counters = out, seq_lens, seq_lens  # unused by the kernel with one split
-    use_pdl = pdl.enabled(query.device)
     _decode_kernel[(batch_size, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens, out, mid_out, mid_lse, counters,
         scale * LOG2E, num_splits,
@@ -151,7 +150,7 @@ def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, SPLIT=num_splits > 1, BLOCK_S=triton.next_power_of_2(num_splits), IS_FP32=is_fp32,
-        USE_PDL=use_pdl, num_warps=num_warps, num_stages=num_stages, launch_pdl=use_pdl,
+        num_warps=num_warps, num_stages=num_stages, **pdl.launch_options(query.device),
     )
     return out
 
@@ -183,8 +182,7 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP32: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    if USE_PDL:
-        pdl.gdc_launch_dependents()
+    pdl.allow_next(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -192,8 +190,7 @@ def _decode_kernel(
     split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N  # 0 only when seq_len == 0
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
-    if USE_PDL:
-        pdl.gdc_wait()  # q and the new token's K/V come from the kernels before
+    pdl.wait_previous(USE_PDL)  # q and the new token's K/V come from the kernels before
 
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)

@@ -54,12 +54,11 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, residual:
     if num_tokens > 0:
         block = triton.next_power_of_2(hidden)
         has_residual = residual is not None
-        use_pdl = pdl.enabled(x.device)
         _rms_norm_kernel[(num_tokens,)](
             x, residual if has_residual else x, weight, out, new_residual if has_residual else out,
             x.stride(0), residual.stride(0) if has_residual else 0, hidden, eps,
-            HAS_RESIDUAL=has_residual, BLOCK=block, USE_PDL=use_pdl, num_warps=min(max(block // 512, 1), 16),
-            launch_pdl=use_pdl)
+            HAS_RESIDUAL=has_residual, BLOCK=block, num_warps=min(max(block // 512, 1), 16),
+            **pdl.launch_options(x.device))
     return out if residual is None else (out, new_residual)
 
 
@@ -173,13 +172,12 @@ def rotary_and_write_kv_triton(positions: torch.Tensor, query: torch.Tensor, key
         return
     block_pairs, block_heads = _rotary_blocks(rotary_dim, num_heads, num_kv_heads)
     row_size = num_kv_heads * head_dim
-    use_pdl = pdl.enabled(query.device)
     _rotary_kv_kernel[(num_tokens,)](
         positions, query, key, value, k_cache, v_cache, slot_mapping, cos_sin_cache,
         query.stride(0), query.stride(1), key.stride(0), value.stride(0),
         num_heads, num_kv_heads, head_dim, rotary_dim // 2,
         BLOCK_HEADS=block_heads, BLOCK_PAIRS=block_pairs, BLOCK_ROW=min(triton.next_power_of_2(row_size), 2048),
-        PARTIAL=rotary_dim < head_dim, USE_PDL=use_pdl, num_warps=4, launch_pdl=use_pdl,
+        PARTIAL=rotary_dim < head_dim, num_warps=4, **pdl.launch_options(query.device),
         enable_fp_fusion=False)  # as in `rotary_embedding_triton`: products rounded like torch's
 
 
@@ -191,8 +189,7 @@ def _rotary_kv_kernel(positions_ptr, query_ptr, key_ptr, value_ptr, k_cache_ptr,
                       num_heads, num_kv_heads, head_dim, half_rotary,
                       BLOCK_HEADS: tl.constexpr, BLOCK_PAIRS: tl.constexpr, BLOCK_ROW: tl.constexpr,
                       PARTIAL: tl.constexpr, USE_PDL: tl.constexpr):
-    if USE_PDL:
-        pdl.gdc_launch_dependents()
+    pdl.allow_next(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     pairs = tl.arange(0, BLOCK_PAIRS)[None, :]  # [1, BLOCK_PAIRS]; pair i is channels (i, i + R/2)
     pair_mask = pairs < half_rotary
@@ -200,8 +197,7 @@ def _rotary_kv_kernel(positions_ptr, query_ptr, key_ptr, value_ptr, k_cache_ptr,
     cos, sin = _load_cos_sin(positions_ptr, cos_sin_ptr, token, half_rotary, pairs, pair_mask,
                              query_ptr.dtype.element_ty)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
-    if USE_PDL:
-        pdl.gdc_wait()
+    pdl.wait_previous(USE_PDL)
     row_size = num_kv_heads * head_dim
     # A negative slot (CUDA-graph padding) still rotates its query and key but writes no cache row.
     num_written_heads = tl.where(slot >= 0, num_kv_heads, 0)

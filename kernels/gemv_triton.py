@@ -44,11 +44,10 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if num_rows == 0:
         return out
     block_n, block_k, num_warps = config or pick_config(n, k)
-    use_pdl = pdl.enabled(x.device)
     _gemv_kernel[(triton.cdiv(n, block_n), num_rows)](
         x, weight, bias if bias is not None else weight, out, n, k, x.stride(0),
         BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0, HAS_BIAS=bias is not None, GATED=gated,
-        USE_PDL=use_pdl, num_warps=num_warps, num_stages=1, launch_pdl=use_pdl)
+        num_warps=num_warps, num_stages=1, **pdl.launch_options(x.device))
     return out
 
 
@@ -77,16 +76,14 @@ def _load_w(w_ptrs, feature_mask, cols, k, EVEN_K: tl.constexpr):
 def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, n, k, x_row_stride,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                  GATED: tl.constexpr, USE_PDL: tl.constexpr):
-    if USE_PDL:
-        pdl.gdc_launch_dependents()
+    pdl.allow_next(USE_PDL)
     row = tl.program_id(1).to(tl.int64)
     features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # output columns this program owns
     cols = tl.arange(0, BLOCK_K)
     feature_mask = features < n
     w_ptrs = w_ptr + features[:, None].to(tl.int64) * k + cols[None, :]  # [BLOCK_N, BLOCK_K]
     w = _load_w(w_ptrs, feature_mask, cols, k, EVEN_K)  # weights: readable before the previous kernel ends
-    if USE_PDL:
-        pdl.gdc_wait()
+    pdl.wait_previous(USE_PDL)
     x_row = x_ptr + row * x_row_stride
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     last = tl.cdiv(k, BLOCK_K) * BLOCK_K - BLOCK_K  # start of the last tile

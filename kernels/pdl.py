@@ -32,6 +32,13 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 
+def launch_options(device: torch.device) -> dict[str, bool]:
+    """The keyword arguments that make a launch on `device` use PDL or not: the kernel's `USE_PDL`
+    constexpr and Triton's `launch_pdl` launch option, always equal."""
+    use_pdl = enabled(device)
+    return {"USE_PDL": use_pdl, "launch_pdl": use_pdl}
+
+
 def enabled(device: torch.device) -> bool:
     """Whether kernels launched now on `device` use programmatic dependent launch."""
     if os.environ.get("SLUICE_PDL", "1") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
@@ -45,9 +52,22 @@ def _capability(index: int | None) -> tuple[int, int]:
 
 
 @triton.jit
-def start(USE_PDL: tl.constexpr):
-    """The first statement of a kernel that reads nothing before waiting: let the next kernel be
-    scheduled, then wait for the previous one to complete."""
+def allow_next(USE_PDL: tl.constexpr):
+    """Contract point 1: the next kernel may be scheduled (a kernel's first statement)."""
     if USE_PDL:
         gdc_launch_dependents()
+
+
+@triton.jit
+def wait_previous(USE_PDL: tl.constexpr):
+    """Block until the previous kernel has completed and its writes are visible (contract point 2:
+    nothing but weights and step metadata may be read before this)."""
+    if USE_PDL:
         gdc_wait()
+
+
+@triton.jit
+def start(USE_PDL: tl.constexpr):
+    """The first statement of a kernel that reads nothing before waiting."""
+    allow_next(USE_PDL)
+    wait_previous(USE_PDL)
