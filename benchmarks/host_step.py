@@ -47,7 +47,12 @@ def build(batch: int, context: int) -> tuple[Scheduler, ModelRunner]:
     runner = ModelRunner(WorkerConfig(model=str(ensure_demo_model()), num_kv_blocks=num_blocks,
                                       max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=8192))
     vocab = runner.model_config.vocab_size
-    runner._logits = lambda inputs: torch.zeros(len(inputs.sampling_requests), vocab)  # no forward pass
+
+    def logits_without_forward(inputs):  # the inputs still reach the device; the model does not run
+        inputs.to_device(runner.device)
+        return torch.zeros(len(inputs.sampling_requests), vocab), None
+
+    runner._logits = logits_without_forward
     scheduler = Scheduler(SchedulerConfig(max_num_seqs=batch, max_num_batched_tokens=8192), runner.num_blocks,
                           BLOCK_SIZE, MAX_MODEL_LEN)
     sampling = SamplingParams(temperature=0.0, max_tokens=output_len, min_tokens=output_len, ignore_eos=True)

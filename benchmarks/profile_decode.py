@@ -37,7 +37,7 @@ import triton.testing
 
 from services.common.sampling import SamplingParams
 from services.worker.config import WorkerConfig
-from services.worker.input_batch import InputBatch, RequestState
+from services.worker.input_batch import HostInputs, InputBatch, RequestState
 from services.worker.layers.linear import Linear
 from services.worker.model_runner import ModelRunner
 
@@ -59,17 +59,11 @@ def decode_weight_bytes(model: torch.nn.Module) -> int:
 
 
 def fill_graph_inputs(runner: ModelRunner, batch: int, context: int) -> None:
-    """Every row a sequence of `context` tokens whose blocks are distinct and in range."""
-    graphs = runner.graphs
-    bs = runner.config.block_size
-    blocks = -(-context // bs)
-    assert batch * blocks <= runner.num_blocks, "KV cache too small for this batch x context"
-    table = torch.arange(batch * blocks, dtype=torch.int32, device="cuda").view(batch, blocks)
-    graphs.block_tables[:batch, :blocks].copy_(table)
-    graphs.seq_lens[:batch].fill_(context)
-    graphs.positions[:batch].fill_(context - 1)
-    graphs.slot_mapping[:batch].copy_(table[:, -1].long() * bs + (context - 1) % bs)
-    graphs.input_ids[:batch].random_(0, runner.model_config.vocab_size)
+    """Load bucket `batch`'s graph with `batch` sequences of `context` tokens on distinct blocks
+    (one replay through `DecodeGraphs.run`; later replays reuse the inputs)."""
+    inputs, _ = step_inputs(runner, f"{batch}:{context}:0:0")
+    with torch.inference_mode():
+        runner.graphs.run(inputs)
 
 
 def kernel_table(step, steps: int = 20) -> list[dict]:
@@ -105,8 +99,34 @@ def time_calls(step, steps: int = 20, warmups: int = 3) -> float:
     return times[len(times) // 2]
 
 
-def eager_step(runner: ModelRunner, spec: str):
-    """(a callable running one eager step of `spec` = "D:C:P:L", its token count)."""
+def host_profile(step, calls: int = 5) -> tuple[float, list[dict]]:
+    """(host milliseconds to issue one `step()`, the Python functions with the most self time per
+    call): what an eager step costs the CPU while the GPU runs it."""
+    import cProfile
+    import pstats
+    import time
+
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(calls):
+        step()
+    issue_ms = (time.perf_counter() - started) / calls * 1e3
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        step()
+    profiler.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive, self s, cumulative s, ...)
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:25]
+    return issue_ms, [{"function": f"{Path(key[0]).name}:{key[1]}:{key[2]}", "calls": value[1] // calls,
+                       "self_ms": value[2] / calls * 1e3} for key, value in rows]
+
+
+def step_inputs(runner: ModelRunner, spec: str) -> tuple[HostInputs, int]:
+    """(the host inputs of a step of `spec` = "D:C:P:L", its token count): D decode rows at C
+    tokens of context, P prompts of L tokens; every sequence on its own blocks."""
     decodes, context, prompts, length = (int(x) for x in spec.split(":"))
     bs = runner.config.block_size
     greedy = SamplingParams(temperature=0.0)
@@ -114,16 +134,25 @@ def eager_step(runner: ModelRunner, spec: str):
     for i, (n, new) in enumerate([(context, 1)] * decodes + [(length, length)] * prompts):
         blocks = -(-n // bs)
         assert next_block + blocks <= runner.num_blocks, f"KV cache too small for step {spec}"
-        state = RequestState(f"p{i}", [0] * n, [], greedy, list(range(next_block, next_block + blocks)), n - new)
+        state = RequestState(f"p{i}", [i % 100] * n, [], greedy, list(range(next_block, next_block + blocks)),
+                             n - new)
         scheduled.append((state, new))
         next_block += blocks
     num_tokens = decodes + prompts * length
     batch = InputBatch(bs, runner.num_blocks, runner.max_model_len, num_tokens, runner.model_config.vocab_size)
-    inputs = batch.prepare(scheduled, runner.device)
+    return batch.build(scheduled), num_tokens
+
+
+def eager_step(runner: ModelRunner, spec: str):
+    """(a callable running one eager step of `spec` = "D:C:P:L", its token count)."""
+    inputs, num_tokens = step_inputs(runner, spec)
+    device_inputs = inputs.to_device(runner.device)
+    model = runner.model
 
     def step():
         with torch.inference_mode():
-            runner._logits(inputs)
+            hidden = model(device_inputs.input_ids, device_inputs.positions, device_inputs.metadata)
+            model.compute_logits(hidden[device_inputs.logits_indices])
     return step, num_tokens
 
 
@@ -217,8 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\neager step {spec} ({num_tokens} tokens): {step_ms:.2f} ms, {num_tokens / step_ms * 1e3:,.0f} "
               f"tokens/s; linear layers {tflops:.0f} TFLOP/s over the whole step")
         print_table(table, step_ms, limit=25)
+        host_ms, host_top = host_profile(step)
+        print(f"  host: {host_ms:.2f} ms to issue the step (the GPU idles when this exceeds the kernel sum)")
+        for row in host_top[:15]:
+            print(f"    {row['self_ms']:7.3f} ms self {row['calls']:6d} calls  {row['function']}")
         result["steps"].append({"spec": spec, "tokens": num_tokens, "step_ms": step_ms,
-                                "linear_tflops_over_step": tflops, "kernels": table})
+                                "linear_tflops_over_step": tflops, "kernels": table,
+                                "host_ms": host_ms, "host_functions": host_top})
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     return 0

@@ -177,8 +177,11 @@ class InputBatch:
                 state.output_token_ids.append(sampled[row])
 
     def prepare(self, scheduled: list[tuple[RequestState, int]], device: torch.device) -> ModelInputs:
-        """Flat inputs for `scheduled` (each request's next n tokens), on `device`. Pending tokens
-        (values still on the device) are gathered there, without a host sync.
+        """Flat inputs for `scheduled` (each request's next n tokens), on `device`."""
+        return self.build(scheduled).to_device(device)
+
+    def build(self, scheduled: list[tuple[RequestState, int]]) -> HostInputs:
+        """The step's flat inputs on the host; pending tokens are left as references to the device.
 
         Requests computing one token go first (stable order otherwise), so that attention can run
         them through the decode kernel and only the longer runs through the extend kernel."""
@@ -191,7 +194,7 @@ class InputBatch:
         slot_mapping: list[int] = []
         query_start_loc, seq_lens = [0], []
         logits_indices, sampling_requests = [], []
-        pending_rows: list[tuple[int, torch.Tensor, int]] = []  # (input row, source ids, source row)
+        pending_rows: list[tuple[int, torch.Tensor, int]] = []
         for state, n in scheduled:
             start, end = state.num_computed_tokens, state.num_computed_tokens + n
             known_end = min(end, state.num_known_tokens)
@@ -214,31 +217,84 @@ class InputBatch:
         for row, end in enumerate(seq_lens):
             num_blocks = _num_blocks(end, bs)
             tables[row, :num_blocks] = scheduled[row][0].block_array()[:num_blocks]
+        return HostInputs(
+            input_ids=np.array(input_ids, dtype=np.int64), positions=np.array(positions, dtype=np.int64),
+            slot_mapping=np.array(slot_mapping, dtype=np.int64),
+            logits_indices=np.array(logits_indices, dtype=np.int64),
+            query_start_loc=np.array(query_start_loc, dtype=np.int32),
+            seq_lens=np.array(seq_lens, dtype=np.int32), block_tables=tables,
+            pending_rows=pending_rows, sampling_requests=sampling_requests, num_decodes=num_decodes,
+            max_query_len=max(n for _, n in scheduled))
 
-        # Two host->device copies per step: one int64 and one int32 buffer, split into views.
-        longs = _to_device([input_ids, positions, slot_mapping, logits_indices], torch.int64, device)
-        extend_qsl = [q - num_decodes for q in query_start_loc[num_decodes:]]  # rebased past the decodes
-        ints = _to_device([query_start_loc, seq_lens, tables.ravel(), extend_qsl], torch.int32, device)
-        ids, positions_t, slots, logits_indices_t = longs
-        qsl, lens, tables_t, extend_qsl_t = ints
-        if pending_rows:
-            dst, src_rows, sources = [], [], []
-            for dst_row, source, src_row in pending_rows:
-                dst.append(dst_row)
-                src_rows.append(src_row)
-                sources.append(source)
-            if all(src is sources[0] for src in sources):
-                gathered = sources[0][_host_to_device(src_rows, torch.int64, device)]
-            else:
-                gathered = torch.stack([src[r] for src, r in zip(sources, src_rows)])
-            ids[_host_to_device(dst, torch.int64, device)] = gathered
+
+@dataclass
+class HostInputs:
+    """One step's flat varlen batch on the host (numpy): T tokens of B requests, S of which sample.
+
+    A token sampled by a step that is still running is 0 in `input_ids`; `pending_rows` says which
+    device tensor holds it. `to_device` builds the `ModelInputs` of an eager forward; the decode
+    CUDA graphs copy the same arrays into their own buffers instead."""
+
+    input_ids: np.ndarray  # [T] int64
+    positions: np.ndarray  # [T] int64
+    slot_mapping: np.ndarray  # [T] int64
+    logits_indices: np.ndarray  # [S] int64
+    query_start_loc: np.ndarray  # [B+1] int32
+    seq_lens: np.ndarray  # [B] int32
+    block_tables: np.ndarray  # [B, W] int32, zero-padded
+    pending_rows: list[tuple[int, torch.Tensor, int]]  # (input row, source ids on the device, source row)
+    sampling_requests: list[RequestState]  # [S], in the order of logits_indices
+    num_decodes: int  # the first num_decodes requests compute one token each
+    max_query_len: int
+
+    @property
+    def is_decode(self) -> bool:
+        """Every request computes exactly one token."""
+        return len(self.input_ids) == len(self.seq_lens)
+
+    @property
+    def samples_every_row(self) -> bool:
+        return len(self.logits_indices) == len(self.input_ids)
+
+    def to_device(self, device: torch.device) -> ModelInputs:
+        """The inputs on `device`: two host->device copies (one int64, one int32 buffer, split into
+        views) and the gather of pending tokens, with no host sync."""
+        longs = _to_device([self.input_ids, self.positions, self.slot_mapping, self.logits_indices],
+                           torch.int64, device)
+        extend_qsl = self.query_start_loc[self.num_decodes:] - self.num_decodes  # rebased past the decodes
+        ints = _to_device([self.query_start_loc, self.seq_lens, self.block_tables.ravel(), extend_qsl],
+                          torch.int32, device)
+        ids, positions, slots, logits_indices = longs
+        qsl, lens, tables, extend_qsl_t = ints
+        gather_pending(ids, self.pending_rows)
         metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=qsl, seq_lens=lens,
-                                     block_tables=tables_t.view(len(scheduled), width),
-                                     max_query_len=max(n for _, n in scheduled),
-                                     max_seq_len=max(seq_lens), num_decodes=num_decodes,
-                                     extend_query_start_loc=extend_qsl_t)
-        return ModelInputs(ids, positions_t, metadata, logits_indices_t, sampling_requests,
-                           is_decode=len(input_ids) == len(scheduled))
+                                     block_tables=tables.view(self.block_tables.shape),
+                                     max_query_len=self.max_query_len, max_seq_len=int(self.seq_lens.max()),
+                                     num_decodes=self.num_decodes, extend_query_start_loc=extend_qsl_t)
+        return ModelInputs(ids, positions, metadata, logits_indices, self.sampling_requests,
+                           is_decode=self.is_decode)
+
+
+def gather_pending(ids: torch.Tensor, pending_rows: list[tuple[int, torch.Tensor, int]]) -> None:
+    """Write each pending token into `ids` (on the device) from the step output that holds it.
+
+    The steady state of decoding (one earlier step's ids, in the same order, landing on
+    consecutive rows) is a single device-to-device copy; anything else is one gather."""
+    if not pending_rows:
+        return
+    dst_rows = [dst for dst, _, _ in pending_rows]
+    src_rows = [src for _, _, src in pending_rows]
+    source = pending_rows[0][1]
+    n = len(pending_rows)
+    if all(src is source for _, src, _ in pending_rows):
+        if dst_rows == list(range(dst_rows[0], dst_rows[0] + n)) and \
+                src_rows == list(range(src_rows[0], src_rows[0] + n)):
+            ids[dst_rows[0]:dst_rows[0] + n].copy_(source[src_rows[0]:src_rows[0] + n], non_blocking=True)
+            return
+        gathered = source[host_to_device(src_rows, torch.int64, ids.device)]
+    else:
+        gathered = torch.stack([src[row] for _, src, row in pending_rows])
+    ids[host_to_device(dst_rows, torch.int64, ids.device)] = gathered
 
 
 _NUMPY_DTYPES = {torch.int32: np.int32, torch.int64: np.int64}
@@ -249,10 +305,10 @@ def _to_device(lists: list[list[int] | np.ndarray], dtype: torch.dtype, device: 
     """Concatenate int lists (or 1-D arrays) into one host tensor, copy it once, and return views."""
     np_dtype = _NUMPY_DTYPES[dtype]
     flat = np.concatenate([np.asarray(values, dtype=np_dtype) for values in lists])
-    return list(_host_to_device(flat, dtype, device).split([len(values) for values in lists]))
+    return list(host_to_device(flat, dtype, device).split([len(values) for values in lists]))
 
 
-def _host_to_device(values: list[int] | np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def host_to_device(values: list[int] | np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Pinned host memory and an asynchronous copy: a pageable copy would wait for the device."""
     host = torch.from_numpy(np.asarray(values, dtype=_NUMPY_DTYPES[dtype]))
     if device.type == "cpu":

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels import attention, jit_watch
+from kernels import argmax, attention, jit_watch
 from services.common.sampling import SamplingParams
 from services.common.step import CacheSpec, SampledToken, StepPlan, StepResult
 from services.worker import metrics
 from services.worker.config import WorkerConfig, resolve_device, resolve_dtype, resolve_max_model_len
 from services.worker.cuda_graphs import DecodeGraphs
-from services.worker.input_batch import InputBatch, ModelInputs, RequestState
+from services.worker.input_batch import HostInputs, InputBatch, RequestState, host_to_device
 from services.worker.kv_cache import (
     KVCache,
     allocate_kv_cache,
@@ -119,6 +119,7 @@ class ModelRunner:
             mc = self.model_config
             attention.warm_up(mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, config.block_size,
                               self.dtype, self.device)
+            argmax.warm_up(mc.vocab_size, (torch.float32, self.dtype), self.device)  # the sampler's, the graphs'
             jit_watch.on_compile(_compiled_while_serving)
         clock.mark("kv cache + graphs")
         logger.info("start-up times: %s", clock)
@@ -163,20 +164,20 @@ class ModelRunner:
         if any(_needs_history(st.sampling) and st.pending for st, _ in scheduled):
             for earlier in list(self._inflight):  # penalties/seeds/min_tokens count known tokens
                 self.finish(earlier)
-        inputs = self.input_batch.prepare(scheduled, self.device)
+        inputs = self.input_batch.build(scheduled)
         if self.device.type == "cuda":  # after the host built the inputs: GPU time only, gaps are idle
             handle.start_event = torch.cuda.Event(enable_timing=True)
             handle.start_event.record()
         handle.sampling_requests = inputs.sampling_requests
         with torch.inference_mode():
-            logits = self._logits(inputs)
+            logits, greedy_ids = self._logits(inputs)
             if inputs.sampling_requests:
                 requests = inputs.sampling_requests
                 handle.batch = SamplingBatch.build(
                     [st.sampling for st in requests], [st.prompt_token_ids for st in requests],
                     [st.output_token_ids for st in requests], self.model_config.eos_token_ids,
                     self.model_config.vocab_size, self.device)
-                tensors = sample_tensors(logits, handle.batch)
+                tensors = sample_tensors(logits, handle.batch, greedy_ids)
                 handle.device_ids = tensors.token_ids
                 handle.host = tensors.to_host()
         if self.device.type == "cuda":
@@ -221,16 +222,18 @@ class ModelRunner:
             metrics.GPU_IDLE.observe(max(previous.elapsed_time(handle.start_event), 0.0) / 1e3)
         self._last_end_event = handle.event
 
-    def _logits(self, inputs: ModelInputs) -> torch.Tensor:
-        """Logits `[S, V]` of the sampling rows; decode batches replay a CUDA graph when one fits."""
-        if self.graphs is not None and inputs.is_decode and \
-                self.graphs.bucket_for(inputs.input_ids.shape[0]) is not None:
-            logits = self.graphs.run(inputs.input_ids, inputs.positions, inputs.metadata)  # [B, V]
-            if len(inputs.sampling_requests) == logits.shape[0]:
-                return logits
-            return logits[inputs.logits_indices]
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata)  # [T, H]
-        return self.model.compute_logits(hidden[inputs.logits_indices])  # [S, V]
+    def _logits(self, inputs: HostInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits `[S, V]` of the sampling rows, their argmax `[S]` when it came for free).
+        Decode batches replay a CUDA graph when one fits; the graph also takes the argmax."""
+        if self.graphs is not None and self.graphs.fits(inputs):
+            logits, greedy_ids = self.graphs.run(inputs)  # [B, V], [B]
+            if inputs.samples_every_row:
+                return logits, greedy_ids
+            rows = host_to_device(inputs.logits_indices, torch.int64, self.device)
+            return logits[rows], greedy_ids[rows]
+        device_inputs = inputs.to_device(self.device)
+        hidden = self.model(device_inputs.input_ids, device_inputs.positions, device_inputs.metadata)  # [T, H]
+        return self.model.compute_logits(hidden[device_inputs.logits_indices]), None  # [S, V]
 
     def _size_kv_cache(self) -> int:
         """Blocks to allocate: fixed, from the CPU budget, or (CUDA) what is left after a profile run."""
@@ -264,9 +267,9 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         baseline = torch.cuda.memory_allocated(self.device) if on_cuda else 0
-        inputs = batch.prepare([(st, len(st.prompt_token_ids)) for st in states], self.device)
+        inputs = batch.build([(st, len(st.prompt_token_ids)) for st in states])
         with torch.inference_mode():
-            logits = self._logits(inputs)
+            logits, _ = self._logits(inputs)
             sample(logits, SamplingBatch.build(
                 [st.sampling for st in states], [st.prompt_token_ids for st in states],
                 [st.output_token_ids for st in states], self.model_config.eos_token_ids,

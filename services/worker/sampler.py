@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.argmax import argmax
 from services.common.sampling import SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -280,13 +281,21 @@ class SampleTensors:
                              copy(self.top_ids))
 
 
-def sample_tensors(logits: torch.Tensor, batch: SamplingBatch) -> SampleTensors:
+def sample_tensors(logits: torch.Tensor, batch: SamplingBatch, greedy_ids: torch.Tensor | None = None
+                   ) -> SampleTensors:
     """One token per row of `logits` [B, V] (any float dtype; computed in float32), on the device,
-    with no host synchronisation except a seeded row's generator set-up."""
+    with no host synchronisation except a seeded row's generator set-up.
+
+    `greedy_ids` [B], when given, must be the argmax of each row of `logits` (the decode graphs
+    compute it); an all-greedy step without blocked ids or penalties then launches nothing but a copy."""
     num_rows = len(batch.num_logprobs)
     assert logits.shape == (num_rows, batch.vocab_size), f"logits {tuple(logits.shape)} != {num_rows} rows"
-    x = process_logits(logits, batch)
-    token_ids = x.argmax(dim=-1)
+    raw_argmax_is_greedy = batch.blocked_rows is None and batch.penalties is None
+    if greedy_ids is not None and raw_argmax_is_greedy and batch.all_greedy:
+        token_ids = greedy_ids.clone()  # the caller's buffer is overwritten by the next replay
+    else:
+        x = process_logits(logits, batch)
+        token_ids = argmax(x)
     if not batch.all_greedy:
         x /= batch.temperature[:, None]
         if batch.use_top_k_top_p:

@@ -30,3 +30,35 @@ def test_one_token_requests_go_first_with_rebased_extend_offsets():
     assert [st.request_id for st in inputs.sampling_requests] == ["a", "b", "p"]
     assert inputs.logits_indices.tolist() == [0, 1, 7]
     assert not inputs.is_decode and meta.max_query_len == 8
+
+
+def test_gather_pending_copies_consecutive_rows_and_gathers_the_rest():
+    """Pending tokens land on their rows whether they come as one consecutive run of one step's
+    ids (the single-copy path), out of order, or from two different steps."""
+    from services.worker.input_batch import gather_pending
+
+    step_a, step_b = torch.tensor([10, 11, 12, 13]), torch.tensor([20, 21])
+    ids = torch.zeros(6, dtype=torch.int64)
+    gather_pending(ids, [(2, step_a, 1), (3, step_a, 2), (4, step_a, 3)])
+    assert ids.tolist() == [0, 0, 11, 12, 13, 0]
+    ids.zero_()
+    gather_pending(ids, [(0, step_a, 3), (1, step_a, 0), (5, step_a, 1)])
+    assert ids.tolist() == [13, 10, 0, 0, 0, 11]
+    ids.zero_()
+    gather_pending(ids, [(0, step_b, 1), (1, step_a, 2)])
+    assert ids.tolist() == [21, 12, 0, 0, 0, 0]
+    gather_pending(ids, [])
+    assert ids.tolist() == [21, 12, 0, 0, 0, 0]
+
+
+def test_pending_tokens_reach_the_step_inputs():
+    """A request whose newest token is still on the device gets it in its input row."""
+    batch = InputBatch(block_size=4, num_blocks=8, max_model_len=32, max_num_batched_tokens=32, vocab_size=100)
+    a, b = state("a", [1, 2, 3], 3, [0]), state("b", [4, 5], 2, [1])
+    sampled = torch.tensor([42, 43])
+    a.pending.append((sampled, 0))
+    b.pending.append((sampled, 1))
+    host = batch.build([(a, 1), (b, 1)])
+    assert host.is_decode and host.samples_every_row and host.input_ids.tolist() == [0, 0]
+    inputs = host.to_device(torch.device("cpu"))
+    assert inputs.input_ids.tolist() == [42, 43] and inputs.positions.tolist() == [3, 2]
