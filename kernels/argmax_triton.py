@@ -21,7 +21,7 @@ import triton.language as tl
 from kernels import pdl
 from kernels.argmax import pick_config
 
-_LOWEST = -(2**63)
+_LOWEST = tl.constexpr(-(2**63))  # the key no element has
 
 
 def argmax_triton(x: torch.Tensor, config: tuple[int, int, int] | None = None) -> torch.Tensor:
