@@ -1,0 +1,53 @@
+"""Compile the decode step's Triton kernels for sm_90 without a GPU (run by test_compile_sm90.py in
+a process of its own: under TRITON_INTERPRET=1 kernels are not compilable objects). Prints one
+line per check; exits non-zero on the first failure, 77 when Triton has no NVIDIA tool chain."""
+from __future__ import annotations
+
+import inspect
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def compile_sm90(kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4) -> str:
+    """PTX of `kernel`; parameters are constexpr when upper case, else their `types` entry (i32)."""
+    names = inspect.signature(kernel.fn).parameters
+    sig = {n: "constexpr" if n.isupper() else types.get(n, "i32") for n in names}
+    compiled = triton.compile(ASTSource(kernel, sig, constexprs=constexprs), target=TARGET,
+                              options={"num_warps": num_warps, "launch_pdl": True})
+    return compiled.asm["ptx"]
+
+
+def main() -> int:
+    from kernels.argmax_triton import _chunk_kernel, _merge_kernel
+    from kernels.elementwise_triton import _rms_norm_kernel
+    from kernels.gemv_triton import _gemv_kernel
+
+    try:
+        for dtype in ("*bf16", "*fp16", "*fp32"):
+            ptx = compile_sm90(_chunk_kernel, {"x_ptr": dtype, "partial_ptr": "*i64"}, {"BLOCK": 1024, "USE_PDL": True})
+            assert "griddepcontrol.wait" in ptx
+        compile_sm90(_merge_kernel, {"partial_ptr": "*i64", "out_ptr": "*i64"}, {"BLOCK": 64, "USE_PDL": True}, 1)
+        print("argmax: ok")
+        for gated in (False, True):
+            ptx = compile_sm90(_gemv_kernel, dict.fromkeys(("x_ptr", "w_ptr", "bias_ptr", "y_ptr"), "*bf16"),
+                               dict(BLOCK_N=4, BLOCK_K=1024, EVEN_K=True, HAS_BIAS=False, GATED=gated, USE_PDL=True))
+            assert ptx.index("ld.global") < ptx.index("griddepcontrol.wait"), "no weight load before the PDL wait"
+        print("gemv: ok, a weight tile loads before the PDL wait")
+        ptrs = dict.fromkeys(("x_ptr", "residual_ptr", "weight_ptr", "out_ptr", "new_residual_ptr"), "*bf16")
+        compile_sm90(_rms_norm_kernel, {**ptrs, "eps": "fp32"}, dict(HAS_RESIDUAL=True, BLOCK=4096, USE_PDL=True), 8)
+        print("rms_norm: ok")
+    except RuntimeError as exc:
+        if "ptxas" in str(exc):
+            print(f"no NVIDIA tool chain: {exc}")
+            return 77
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
