@@ -18,8 +18,9 @@ It also times `F.linear` at M = B for each projection shape of the model (median
 `--step D:C:P:L` (repeatable) profiles one eager step as serving runs prefill and mixed steps: D
 decode rows at C tokens of context plus P prompts of L new tokens each (`0:0:8:1024` is a pure
 8k-token prefill; `512:1024:7:1024` a chunked-prefill step beside 512 decodes). It reports the
-step's median time, the linear layers' TFLOP/s over it (2 x tokens x linear parameters), and the
-per-kernel table.
+step's median time, the linear layers' TFLOP/s over it (2 x tokens x linear parameters), the
+per-kernel table, and the host's side: the time to issue the step (an eager step whose issue time
+exceeds its kernel time leaves the GPU idle) and the Python functions with the most self time.
 
 Prints tables; `--out` writes JSON (`what: "profile_decode"`). Needs a CUDA GPU; about a minute
 for an 8B model.
