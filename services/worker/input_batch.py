@@ -195,7 +195,26 @@ class InputBatch:
         query_start_loc, seq_lens = [0], []
         logits_indices, sampling_requests = [], []
         pending_rows: list[tuple[int, torch.Tensor, int]] = []
-        for state, n in scheduled:
+        for row, (state, _) in enumerate(decodes):  # one token each: the per-token loops unrolled
+            pos = state.num_computed_tokens
+            num_prompt, num_known = len(state.prompt_token_ids), state.num_known_tokens
+            if pos < num_prompt:
+                input_ids.append(state.prompt_token_ids[pos])
+            elif pos < num_known:
+                input_ids.append(state.output_token_ids[pos - num_prompt])
+            else:
+                source, source_row = state.pending[pos - num_known]
+                pending_rows.append((row, source, source_row))
+                input_ids.append(0)
+            block_id = state.block_ids[pos // bs]
+            slot_mapping.append(block_id * bs + pos % bs)
+            seq_lens.append(pos + 1)
+            if pos + 1 == num_known + len(state.pending):
+                logits_indices.append(row)
+                sampling_requests.append(state)
+        positions = [end - 1 for end in seq_lens]
+        query_start_loc = list(range(num_decodes + 1))
+        for state, n in scheduled[num_decodes:]:
             start, end = state.num_computed_tokens, state.num_computed_tokens + n
             known_end = min(end, state.num_known_tokens)
             if start < known_end:

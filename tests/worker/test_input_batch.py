@@ -62,3 +62,20 @@ def test_pending_tokens_reach_the_step_inputs():
     assert host.is_decode and host.samples_every_row and host.input_ids.tolist() == [0, 0]
     inputs = host.to_device(torch.device("cpu"))
     assert inputs.input_ids.tolist() == [42, 43] and inputs.positions.tolist() == [3, 2]
+
+
+def test_one_token_rows_read_prompt_output_or_pending_and_sample_only_at_the_end():
+    """One-token rows take their input from the prompt, the outputs or a pending device value;
+    a row in the middle of its sequence (recompute after preemption) computes without sampling."""
+    batch = InputBatch(block_size=4, num_blocks=16, max_model_len=32, max_num_batched_tokens=32, vocab_size=100)
+    mid_prompt = state("m", [11, 12, 13, 14, 15], 2, [4, 5])  # token 2 of 5: no sample
+    from_output = RequestState("o", [21, 22], [23, 24], SamplingParams(temperature=0.0), [6], 3)  # token 3 = 24
+    pending = state("p", [31, 32, 33], 3, [7])
+    pending.pending.append((torch.tensor([77, 78]), 1))  # token 3 = 78, on the device
+    host = batch.build([(mid_prompt, 1), (from_output, 1), (pending, 1)])
+    assert host.input_ids.tolist() == [13, 24, 0] and host.pending_rows[0][0] == 2
+    assert host.positions.tolist() == [2, 3, 3] and host.seq_lens.tolist() == [3, 4, 4]
+    assert host.slot_mapping.tolist() == [4 * 4 + 2, 6 * 4 + 3, 7 * 4 + 3]
+    assert host.logits_indices.tolist() == [1, 2] and host.query_start_loc.tolist() == [0, 1, 2, 3]
+    assert [st.request_id for st in host.sampling_requests] == ["o", "p"] and host.num_decodes == 3
+    assert host.to_device(torch.device("cpu")).input_ids.tolist() == [13, 24, 78]
