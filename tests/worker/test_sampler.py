@@ -299,3 +299,24 @@ def test_seeded_sampling_follows_the_softmax():
     expected = logits[0].softmax(-1).double() * 4000
     chi2 = ((counts - expected) ** 2 / expected).sum().item()
     assert chi2 < 16.3, (counts, expected)  # p = 0.001 for 3 degrees of freedom
+
+
+def test_precomputed_greedy_ids_serve_only_plain_greedy_steps():
+    """The decode graphs hand the sampler their argmax. An all-greedy step with nothing to mask or
+    penalise returns a copy of those ids (the graph overwrites its buffer on the next replay); a
+    step with blocked ids, penalties or a sampled row ignores them and uses the processed logits."""
+    from services.worker.sampler import sample_tensors
+
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 4.0]])
+    handed = torch.tensor([2, 3])  # deliberately not the argmax, so that its use is visible
+    plain = make_batch([SamplingParams(temperature=0.0)] * 2, 4)
+    got = sample_tensors(logits, plain, handed).token_ids
+    assert got.tolist() == [2, 3] and got.data_ptr() != handed.data_ptr()
+    assert sample_tensors(logits, plain).token_ids.tolist() == [1, 0]
+    blocked = make_batch([SamplingParams(temperature=0.0, min_tokens=1, stop_token_ids=[1])] * 2, 4)
+    assert sample_tensors(logits, blocked, handed).token_ids.tolist() == [3, 0]
+    penalised = make_batch([SamplingParams(temperature=0.0, repetition_penalty=4.0)] * 2, 4,
+                           outputs=[[1], [0]])
+    assert sample_tensors(logits, penalised, handed).token_ids.tolist() == [3, 3]
+    mixed = make_batch([SamplingParams(temperature=0.0), SamplingParams(temperature=0.5, seed=3)], 4)
+    assert sample_tensors(logits, mixed, handed).token_ids[0].item() == 1
