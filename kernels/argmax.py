@@ -45,24 +45,9 @@ def _torch_impl(x: torch.Tensor) -> torch.Tensor:
     return torch.argmax(x, dim=-1)
 
 
-def pick_config(batch: int, vocab: int) -> tuple[int, int, int]:
-    """(BLOCK, CHUNK, num_warps), from an H200 sweep at V = 128,256 (bf16, in a CUDA graph, with
-    PDL): 1024-wide tiles; 2048-column chunks at B = 1 (63 programs, 2.0 µs for both stages; 126
-    one-tile chunks take 2.4), longer chunks as B grows (16,384 columns from B = 64: 6.5 µs there,
-    23 µs at B = 256, where torch takes 27 and 45). Never more than 1024 chunks."""
-    block = min(1024, max(32, _next_power_of_2(vocab)))
-    chunk = 2048 if batch <= 1 else 4096 if batch <= 8 else 8192 if batch <= 32 else 16384
-    tiles = -(-vocab // block)
-    return block, block * min(tiles, max(chunk // block, -(-tiles // 1024))), 4 if batch <= 1 else 8
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def warm_up(vocab: int, dtypes: tuple[torch.dtype, ...], device: torch.device) -> None:
     """Compile every variant a server meets, so that no step waits for Triton while serving. They
-    differ by dtype, by `pick_config`'s warps (one row or more) and by whether the chunk count is a
+    differ by dtype, by `argmax_triton.pick_config`'s warps (one row or more) and by whether the chunk count is a
     multiple of 16 (Triton specialises integer arguments on it): 1, 2 and 64 rows cover them."""
     for dtype in dtypes:
         for rows in (1, 2, 64):

@@ -152,7 +152,9 @@ def test_launch_asserts(vocab, config):
 def test_pick_config_makes_whole_tile_chunks(rows, vocab):
     """Launchable for every shape: chunks of whole tiles, at most 1024 of them, none empty; a
     batch-1 row of a large vocabulary is spread over many programs."""
-    block, chunk, _ = argmax_module.pick_config(rows, vocab)
+    from kernels.argmax_triton import pick_config
+
+    block, chunk, _ = pick_config(rows, vocab)
     num_chunks = -(-vocab // chunk)
     assert chunk % block == 0 and num_chunks <= 1024 and (num_chunks - 1) * chunk < vocab
     if rows == 1 and vocab == 128256:
@@ -169,7 +171,9 @@ def test_gpu_llama_vocab(monkeypatch, dtype, rows, pdl):
     monkeypatch.setenv("SLUICE_PDL", pdl)
     x = random_rows(rows, 128256, dtype)
     assert torch.equal(argmax_module.argmax(x), torch.argmax(x, dim=-1))
-    _, chunk, _ = argmax_module.pick_config(rows, 128256)
+    from kernels.argmax_triton import pick_config
+
+    _, chunk, _ = pick_config(rows, 128256)
     x[:, [128255, 3 * chunk, 3 * chunk - 1, 128000]] = 100.0
     assert torch.equal(argmax_module.argmax(x), torch.argmax(x, dim=-1))
     x[rows // 2, [5000, 7]] = NAN
