@@ -190,9 +190,8 @@ class InputBatch:
         scheduled = decodes + [item for item in scheduled if item[1] != 1]
         bs = self.block_size
         input_ids: list[int] = []
-        positions: list[int] = []
         slot_mapping: list[int] = []
-        query_start_loc, seq_lens = [0], []
+        seq_lens: list[int] = []
         logits_indices, sampling_requests = [], []
         pending_rows: list[tuple[int, torch.Tensor, int]] = []
         for row, (state, _) in enumerate(decodes):  # one token each: the per-token loops unrolled
@@ -212,7 +211,7 @@ class InputBatch:
             if pos + 1 == num_known + len(state.pending):
                 logits_indices.append(row)
                 sampling_requests.append(state)
-        positions = [end - 1 for end in seq_lens]
+        positions = [end - 1 for end in seq_lens]  # then extended by the longer runs
         query_start_loc = list(range(num_decodes + 1))
         for state, n in scheduled[num_decodes:]:
             start, end = state.num_computed_tokens, state.num_computed_tokens + n
