@@ -61,7 +61,7 @@ def decode_weight_bytes(model: torch.nn.Module) -> int:
 
 def fill_graph_inputs(runner: ModelRunner, batch: int, context: int) -> None:
     """Load bucket `batch`'s graph with `batch` sequences of `context` tokens on distinct blocks
-    (one replay through `DecodeGraphs.run`; later replays reuse the inputs)."""
+    (one replay through `StepGraphs.run`; later replays reuse the inputs)."""
     inputs, _ = step_inputs(runner, f"{batch}:{context}:0:0")
     with torch.inference_mode():
         runner.graphs.run(inputs)
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     for batch in args.batch:
         bucket = runner.graphs.bucket_for(batch)
         fill_graph_inputs(runner, bucket, args.context)
-        graph = runner.graphs.graphs[bucket]
+        graph = runner.graphs.graphs[bucket, 1]
         step_ms = time_calls(graph.replay, steps=100, warmups=5)
         table = kernel_table(graph.replay)
         kernel_us = sum(r["us_per_step"] for r in table)

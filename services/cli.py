@@ -43,6 +43,8 @@ def _add_worker_flags(p: argparse.ArgumentParser, own_budget: bool = True) -> No
                    help="CUDA: run decode eagerly instead of replaying CUDA graphs")
     g.add_argument("--max-graph-batch-size", type=int, default=256,
                    help="CUDA: largest decode batch captured in a CUDA graph")
+    g.add_argument("--max-graph-prefill-tokens", type=int, default=512,
+                   help="CUDA: longest single-sequence prefill captured in a CUDA graph (0: none)")
 
 
 def _add_scheduler_flags(p: argparse.ArgumentParser) -> None:
@@ -134,7 +136,8 @@ def _worker_config(args):
         kv_cache_memory_bytes=int(args.kv_cache_memory * (1 << 30)),
         gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
         max_num_batched_tokens=args.max_num_batched_tokens, seed=args.seed,
-        enforce_eager=args.enforce_eager, max_graph_batch_size=args.max_graph_batch_size)
+        enforce_eager=args.enforce_eager, max_graph_batch_size=args.max_graph_batch_size,
+        max_graph_prefill_tokens=args.max_graph_prefill_tokens)
 
 
 def _scheduler_config(args):
@@ -173,7 +176,7 @@ def _forward(args, names: list[str]) -> list[str]:
 
 WORKER_FLAGS = ["dtype", "device", "load_format", "block_size", "num_kv_blocks", "kv_cache_memory",
                 "gpu_memory_utilization", "max_model_len", "seed", "max_num_batched_tokens",
-                "enforce_eager", "max_graph_batch_size"]
+                "enforce_eager", "max_graph_batch_size", "max_graph_prefill_tokens"]
 SCHEDULER_FLAGS = ["max_num_seqs", "max_num_batched_tokens", "max_waiting_requests",
                    "no_prefix_caching", "pipeline_depth", "stream_interval"]
 

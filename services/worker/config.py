@@ -37,6 +37,7 @@ class WorkerConfig:
     seed: int = 0  # seeds torch's default generators and the dummy weights
     enforce_eager: bool = False  # CUDA: run decode steps eagerly instead of replaying CUDA graphs
     max_graph_batch_size: int = 256  # CUDA: largest decode batch captured in a graph
+    max_graph_prefill_tokens: int = 512  # CUDA: longest single-sequence prefill captured in a graph
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -59,6 +60,8 @@ class WorkerConfig:
             raise ValueError(f"max_model_len must be positive, got {self.max_model_len}")
         if self.max_graph_batch_size <= 0:
             raise ValueError(f"max_graph_batch_size must be positive, got {self.max_graph_batch_size}")
+        if self.max_graph_prefill_tokens < 0:
+            raise ValueError(f"max_graph_prefill_tokens must be >= 0 (0: none), got {self.max_graph_prefill_tokens}")
         if self.max_num_batched_tokens <= 0:
             raise ValueError(f"max_num_batched_tokens must be positive, got {self.max_num_batched_tokens}")
 

@@ -21,7 +21,7 @@ from services.common.sampling import SamplingParams
 from services.common.step import CacheSpec, SampledToken, StepPlan, StepResult
 from services.worker import metrics
 from services.worker.config import WorkerConfig, resolve_device, resolve_dtype, resolve_max_model_len
-from services.worker.cuda_graphs import DecodeGraphs
+from services.worker.cuda_graphs import StepGraphs
 from services.worker.input_batch import HostInputs, InputBatch, RequestState, host_to_device
 from services.worker.kv_cache import (
     KVCache,
@@ -98,7 +98,7 @@ class ModelRunner:
         self.model = load_model(config, self.model_config, self.device, self.dtype)
         clock.mark("load")
         self.kv_cache: KVCache | None = None
-        self.graphs: DecodeGraphs | None = None
+        self.graphs: StepGraphs | None = None
         self.num_blocks = self._size_kv_cache()
         clock.mark("profile")
         self.kv_cache = allocate_kv_cache(self.model_config, self.num_blocks, config.block_size, self.dtype,
@@ -110,10 +110,10 @@ class ModelRunner:
         self._last_end_event: torch.cuda.Event | None = None  # end of the last finished step
         torch_backend = "torch" in (os.environ.get("SLUICE_ATTENTION_BACKEND"), os.environ.get("SLUICE_KERNELS"))
         if self.device.type == "cuda" and not config.enforce_eager and not torch_backend:
-            self.graphs = DecodeGraphs(self.model, min(config.max_graph_batch_size,
-                                                       config.max_num_batched_tokens),
-                                       -(-self.max_model_len // config.block_size),
-                                       self.max_model_len, self.device)
+            self.graphs = StepGraphs(self.model, min(config.max_graph_batch_size, config.max_num_batched_tokens),
+                                     min(config.max_graph_prefill_tokens, config.max_num_batched_tokens,
+                                         self.max_model_len),
+                                     -(-self.max_model_len // config.block_size), self.max_model_len, self.device)
             self.graphs.capture()
         if self.device.type == "cuda":  # no JIT compile mid-serving for a step shape not seen yet
             mc = self.model_config
@@ -224,10 +224,11 @@ class ModelRunner:
 
     def _logits(self, inputs: HostInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits `[S, V]` of the sampling rows, their argmax `[S]` when it came for free).
-        Decode batches replay a CUDA graph when one fits; the graph also takes the argmax."""
+        Decode batches and single-sequence prefills replay a CUDA graph when one fits; the graph
+        also takes the argmax."""
         if self.graphs is not None and self.graphs.fits(inputs):
-            logits, greedy_ids = self.graphs.run(inputs)  # [B, V], [B]
-            if inputs.samples_every_row:
+            logits, greedy_ids = self.graphs.run(inputs)  # decode: [B, V], [B]; prefill: [S, V], [S]
+            if not inputs.is_decode or inputs.samples_every_row:
                 return logits, greedy_ids
             rows = host_to_device(inputs.logits_indices, torch.int64, self.device)
             return logits[rows], greedy_ids[rows]

@@ -65,6 +65,41 @@ def test_batch1_decode_graphs_with_gemv_and_pdl_agree_with_prefill(monkeypatch, 
         assert (shortfall <= 0.1).all(), (out, shortfall.tolist())
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_single_sequence_prefill_graphs_match_the_eager_forward(dtype):
+    """A prompt run through a prefill graph (padded to its token bucket) gives the eager forward's
+    logits for its last token and the same argmax, with no cached prefix and on top of one (the
+    prefix's KV read from the cache); runs longer than the largest bucket stay eager."""
+    from services.common.sampling import SamplingParams
+    from services.worker.input_batch import InputBatch, RequestState
+
+    path, _ = build_checkpoint("llama_gqa_llama3_sharded")
+    runner = make_runner(path, device="cuda", dtype=dtype, max_graph_prefill_tokens=64)
+    assert runner.graphs is not None and runner.graphs.prefill_sizes == [16, 32, 64]
+    prompt = [1, *range(5, 95)]  # 91 tokens
+    batch = InputBatch(runner.config.block_size, runner.num_blocks, runner.max_model_len, 512,
+                       runner.model_config.vocab_size)
+
+    def both(computed: int, new: int):
+        state = RequestState("p", prompt[:computed + new], [], SamplingParams(temperature=0.0),
+                             list(range(-(-(computed + new) // runner.config.block_size))), computed)
+        inputs = batch.build([(state, new)])
+        with torch.inference_mode():
+            graph_logits, graph_ids = runner._logits(inputs)
+            device_inputs = inputs.to_device(runner.device)
+            hidden = runner.model(device_inputs.input_ids, device_inputs.positions, device_inputs.metadata)
+            eager = runner.model.compute_logits(hidden[device_inputs.logits_indices])
+        return runner.graphs.fits(inputs), graph_logits, graph_ids, eager
+
+    for computed, new in [(0, 5), (0, 16), (0, 17), (0, 64), (40, 30), (10, 81)]:
+        fits, graph_logits, graph_ids, eager = both(computed, new)
+        assert fits == (new <= 64), (computed, new)
+        torch.testing.assert_close(graph_logits.float(), eager.float(), atol=0.05, rtol=0.05)
+        if fits:  # the graph's greedy pick is the eager argmax, up to the GEMMs' rounding at another M
+            shortfall = eager.float().max(-1).values - eager.float().gather(1, graph_ids[:, None]).squeeze(1)
+            assert (shortfall <= 0.05).all(), (computed, new, shortfall)
+
+
 def test_cuda_kv_cache_fills_the_memory_budget():
     path, _ = build_checkpoint("qwen2")
     runner = make_runner(path, device="cuda", num_kv_blocks=None, gpu_memory_utilization=0.3,
