@@ -1,0 +1,108 @@
+"""What each kind of kernel costs a batch-1 decode step: the graph replay time with kernels left out.
+
+`python -m benchmarks.ablate_decode MODEL_DIR [--context 384] [--out FILE]` builds the worker's
+`ModelRunner` (random weights), then re-captures the batch-1 decode CUDA graph with one kind of
+kernel replaced by a no-op and times 100 replays of each:
+
+- `none`: the step as served;
+- `norm`: every RMSNorm returns its input (and the residual unchanged): no norm kernels;
+- `attention`: every attention layer returns its query: no rotary, KV-write or attention kernels;
+- `norm+attention`: what is left is the GEMV chain (plus the embedding and the argmax);
+- `rotary`: no rotary embedding and KV-cache write (the attention kernel still runs);
+- `decode`: no decode-attention kernel (the rotary and KV write still run);
+- `splits=N`: the decode attention split over N pieces of the context (served: by `choose_num_splits`);
+- `no-pdl`: the served step with programmatic dependent launch off (`SLUICE_PDL=0`).
+
+The outputs of an ablated step are wrong; only its time means something. The difference to `none`
+is what that kind of kernel costs on the step's critical path (under PDL, kernel sums overlap and
+cannot say this). Needs a CUDA GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from pathlib import Path
+from unittest import mock
+
+from benchmarks.profile_decode import copy_bandwidth, decode_weight_bytes, fill_graph_inputs, time_calls
+from kernels import attention
+from services.worker.config import WorkerConfig
+from services.worker.cuda_graphs import StepGraphs
+from services.worker.layers import attention as attention_layer
+from services.worker.layers import norm as norm_layer
+from services.worker.model_runner import ModelRunner
+
+
+def _skip_norm(x, weight, eps, residual=None):
+    return x if residual is None else (x, residual)
+
+
+def _skip_attention(self, query, key, value, metadata, positions=None):
+    return query
+
+
+def _skip_rotary(*args):
+    return None
+
+
+def _skip_decode(self, query, *args):
+    return query
+
+
+def _patches(name: str) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    if "norm" in name.split("+"):
+        stack.enter_context(mock.patch.object(norm_layer, "rms_norm", _skip_norm))
+    if "attention" in name.split("+"):
+        stack.enter_context(mock.patch.object(attention_layer.Attention, "forward", _skip_attention))
+    if "rotary" in name.split("+"):
+        stack.enter_context(mock.patch.object(attention_layer, "rotary_and_write_kv", _skip_rotary))
+    if "decode" in name.split("+"):
+        stack.enter_context(mock.patch.object(attention_layer.Attention, "_decode", _skip_decode))
+    if name.startswith("splits="):
+        splits = int(name.removeprefix("splits="))
+        stack.enter_context(mock.patch.object(attention, "choose_num_splits", lambda *args: splits))
+    if name == "no-pdl":
+        stack.enter_context(mock.patch.dict(os.environ, {"SLUICE_PDL": "0"}))
+    return stack
+
+
+def graph_ms(runner: ModelRunner, context: int) -> float:
+    """Capture the batch-1 decode graph afresh (under the caller's patches) and time its replay."""
+    runner.graphs = StepGraphs(runner.model, 1, 0, -(-runner.max_model_len // runner.config.block_size),
+                               runner.max_model_len, runner.device)
+    runner.graphs.capture()
+    fill_graph_inputs(runner, 1, context)
+    return time_calls(runner.graphs.graphs[1, 1].replay, steps=100, warmups=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--context", type=int, default=384)
+    parser.add_argument("--ablations", nargs="+", default=["none", "norm", "attention", "norm+attention", "no-pdl"],
+                        help="none, norm, attention, rotary, decode (joined by +), no-pdl, splits=N")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    runner = ModelRunner(WorkerConfig(model=args.model, load_format="dummy", dtype="bfloat16", max_model_len=4096,
+                                      gpu_memory_utilization=0.85, max_graph_batch_size=1,
+                                      max_graph_prefill_tokens=0))
+    floor_ms = decode_weight_bytes(runner.model) / copy_bandwidth() * 1e3
+    print(f"weights floor {floor_ms:.3f} ms/step")
+    rows = []
+    for name in args.ablations:
+        with _patches(name):
+            ms = graph_ms(runner, args.context)
+        rows.append({"ablation": name, "step_ms": ms, "saved_ms": rows[0]["step_ms"] - ms if rows else 0.0})
+        print(f"  {name:16s} {ms:.3f} ms/step  ({rows[-1]['saved_ms']:+.3f} ms against {rows[0]['ablation']})")
+    if args.out:
+        args.out.write_text(json.dumps({"what": "ablate_decode", "model": args.model, "context": args.context,
+                                        "floor_ms": floor_ms, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
