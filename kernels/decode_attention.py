@@ -20,6 +20,11 @@ programs of the other splits return at once and touch nothing.
   every launch, and every CUDA-graph replay, starts from zeroed counters. No program waits on
   another, so the scheme needs no co-residency of programs; see `_merge_splits` for the ordering.
 
+Under programmatic dependent launch (`kernels/pdl.py`) a program loads its block ids and its first
+K/V tile before waiting for the kernels ahead of it: every position but the newest was written by
+an earlier step. The newest token's row (`seq_len - 1`, written by this step's KV write) is loaded
+after the wait; every later tile is loaded one tile ahead of its use.
+
 A sequence with `seq_len == 0` (a padded CUDA-graph slot) gets a zero output, written by split 0.
 The workspace (partials and counters) belongs to one launch at a time: two launches that share it
 must be ordered on one stream, as layers of a model are.
@@ -190,10 +195,20 @@ def _decode_kernel(
     split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N  # 0 only when seq_len == 0
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
+    offs_d = tl.arange(0, HEAD_DIM)
+    table = block_tables_ptr + seq * stride_bt
+    head_off = kv_head * stride_cache_head
+    # The first tile, before the wait: its block ids are step metadata, and the K/V of every position
+    # but the newest (seq_len - 1) were written by earlier steps. The newest is the previous
+    # kernel's write; it is loaded after the wait.
+    offs_n = start + tl.arange(0, BLOCK_N)
+    tile_rows = _tile_rows(table, offs_n, offs_n < end, head_off, stride_cache_block, stride_cache_tok, BLOCK_SIZE)
+    written = (offs_n < tl.minimum(end, seq_len - 1))[:, None]
+    k = tl.load(k_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=written, other=0.0)
+    v = tl.load(v_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=written, other=0.0)
     pdl.wait_previous(USE_PDL)  # q and the new token's K/V come from the kernels before
 
     offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, HEAD_DIM)
     head_mask = offs_h < GROUP
     heads = kv_head * GROUP + offs_h  # [BLOCK_H]
     out_ptrs = out_ptr + seq * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]  # [BLOCK_H, D]
@@ -206,17 +221,21 @@ def _decode_kernel(
 
     q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=head_mask[:, None], other=0.0)  # [BLOCK_H, D]
+    newest = ((offs_n == seq_len - 1) & (offs_n < end))[:, None]  # in the first tile or nowhere
+    k = tl.where(newest, tl.load(k_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=newest, other=0.0), k)
+    v = tl.where(newest, tl.load(v_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=newest, other=0.0), v)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
-    table = block_tables_ptr + seq * stride_bt
-    head_off = kv_head * stride_cache_head
     for tile_start in range(start, end, BLOCK_N):
-        offs_n = tile_start + tl.arange(0, BLOCK_N)  # token positions of this tile
-        mask_n = offs_n < end
-        block_ids = tl.load(table + offs_n // BLOCK_SIZE, mask=mask_n, other=0).to(tl.int64)
-        rows = block_ids * stride_cache_block + (offs_n % BLOCK_SIZE) * stride_cache_tok + head_off
-        k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        mask_n = offs_n < end  # offs_n, k, v: this tile's positions and cache rows
+        # The next tile's, a tile ahead (all masked off after the last).
+        next_offs = offs_n + BLOCK_N
+        next_mask = next_offs < end
+        next_rows = _tile_rows(table, next_offs, next_mask, head_off, stride_cache_block, stride_cache_tok,
+                               BLOCK_SIZE)
+        next_k = tl.load(k_cache_ptr + next_rows[:, None] + offs_d[None, :], mask=next_mask[:, None], other=0.0)
+        next_v = tl.load(v_cache_ptr + next_rows[:, None] + offs_d[None, :], mask=next_mask[:, None], other=0.0)
         if IS_FP32:
             qk = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -226,12 +245,12 @@ def _decode_kernel(
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         if IS_FP32:
             acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
+        offs_n, k, v = next_offs, next_k, next_v
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i == 0 only for an empty sequence (one split)
     result = acc / l_safe[:, None]  # [BLOCK_H, D]
@@ -249,6 +268,13 @@ def _decode_kernel(
             tl.store(mid_lse_ptr + rows + split, m_i + tl.math.log2(l_safe), mask=head_mask)
             _merge_splits(mid_out_ptr, mid_lse_ptr, counters_ptr + seq * num_kv_heads + kv_head, out_ptrs, rows,
                           head_mask, num_active, BLOCK_H=BLOCK_H, HEAD_DIM=HEAD_DIM, BLOCK_S=BLOCK_S)
+
+
+@triton.jit
+def _tile_rows(table, offs_n, mask_n, head_off, stride_cache_block, stride_cache_tok, BLOCK_SIZE: tl.constexpr):
+    """Element offsets `[BLOCK_N]` of positions `offs_n` of one KV head in the paged cache (0 where masked)."""
+    block_ids = tl.load(table + offs_n // BLOCK_SIZE, mask=mask_n, other=0).to(tl.int64)
+    return block_ids * stride_cache_block + (offs_n % BLOCK_SIZE) * stride_cache_tok + head_off
 
 
 @triton.jit

@@ -9,13 +9,15 @@ has completed and its writes are visible.
 The contract every kernel compiled with `USE_PDL` keeps:
 1. it calls `gdc_launch_dependents()` at its start, so the next kernel can be made resident early;
 2. before `gdc_wait()` it writes nothing and reads only what was complete before the forward pass
-   began: weights, and the step's metadata (positions, slot mapping, sequence lengths, block
-   tables), which the worker writes before the forward pass. A model's forward pass starts with a
+   began: weights, the step's metadata (positions, slot mapping, sequence lengths, block
+   tables), which the worker writes before the forward pass, and the KV cache of positions that
+   earlier steps computed (a decode row's context but its newest token). A model's forward pass starts with a
    kernel launched without PDL (the embedding lookup), and a PDL kernel cannot start before a
    non-PDL kernel ahead of it has completed, so no PDL kernel overlaps those writes.
 A kernel completes only after its own wait returned, so when kernel N+2 passes its wait, N+1 and
 therefore N have completed: ordering stays transitive along the chain, whatever ran early. The
-GEMV loads its first weight tile in the window, attention and rotary their metadata.
+GEMV loads its first weight tile in the window, decode attention its first K/V tile, rotary its
+metadata.
 
 `SLUICE_PDL=0` (read at every launch) turns it off; it is off under the Triton interpreter, which
 has no grid-dependency instructions, and on GPUs before sm_90. Imported by the Triton kernel

@@ -41,6 +41,18 @@ def main() -> int:
         ptrs = dict.fromkeys(("x_ptr", "residual_ptr", "weight_ptr", "out_ptr", "new_residual_ptr"), "*bf16")
         compile_sm90(_rms_norm_kernel, {**ptrs, "eps": "fp32"}, dict(HAS_RESIDUAL=True, BLOCK=4096, USE_PDL=True), 8)
         print("rms_norm: ok")
+        from kernels.decode_attention import _decode_kernel
+
+        types = {name: "*bf16" for name in ("q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr")}
+        types.update(block_tables_ptr="*i32", seq_lens_ptr="*i32", counters_ptr="*i32", mid_out_ptr="*fp32",
+                     mid_lse_ptr="*fp32", qk_scale="fp32")
+        for split in (False, True):
+            ptx = compile_sm90(_decode_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_H=16, BLOCK_N=64,
+                                                           SPLIT=split, BLOCK_S=8 if split else 1, IS_FP32=False,
+                                                           USE_PDL=True))
+            before_wait = ptx[:ptx.index("griddepcontrol.wait")]
+            assert before_wait.count("ld.global") >= 3, "no block-table and K/V loads before the PDL wait"
+        print("decode attention: ok, the first K/V tile loads before the PDL wait")
     except RuntimeError as exc:
         if "ptxas" in str(exc):
             print(f"no NVIDIA tool chain: {exc}")
