@@ -239,3 +239,58 @@ def test_split_count_is_a_runtime_argument():
     assert {"SPLIT", "BLOCK_S"} <= set(params)
     assert decode_attention.MAX_SPLITS == 64
     assert choose_num_splits(1, 8, 1 << 20, 132) == decode_attention.MAX_SPLITS
+
+
+@pytest.mark.gpu
+def test_gpu_decode_sees_the_newest_token_written_by_the_kernel_before_it():
+    """The decode kernel loads its first K/V tile before its PDL wait; the newest token's row is
+    written by the launch just before it (the fused rotary + KV write, also PDL) and must be read
+    after the wait. The newest rows start poisoned, then get new values each replay of a graph
+    holding both launches; the output must match attention over the cache as written."""
+    from kernels.rotary_kv import rotary_and_write_kv
+    from services.worker.layers.rotary import get_rope
+
+    seq_lens = [1, 17, 64, 65, 383, 384, 2048]
+    num_heads, num_kv_heads, head_dim, block_size = 32, 8, 128, 16
+    batch = build_paged_batch(seq_lens, [1] * len(seq_lens), num_heads, num_kv_heads, head_dim, block_size,
+                              torch.bfloat16, device="cuda", seed=7)
+    tables = batch.block_tables.cpu()
+    slots = torch.tensor([int(tables[b, (n - 1) // block_size]) * block_size + (n - 1) % block_size
+                          for b, n in enumerate(seq_lens)], device="cuda")
+    batch.k_cache.view(-1, num_kv_heads, head_dim)[slots] = 1e4  # stale rows: any read of them shows
+    batch.v_cache.view(-1, num_kv_heads, head_dim)[slots] = 1e4
+    positions = batch.seq_lens.long() - 1
+    rope = get_rope(head_dim, 1.0, 4096, 500000.0, None).to("cuda")
+    query, key, value = (torch.empty_like(batch.query), torch.empty_like(batch.key), torch.empty_like(batch.value))
+    out = torch.empty_like(query)
+    num_splits = choose_num_splits(len(seq_lens), num_kv_heads, 4096, torch.cuda.get_device_properties(0)
+                                   .multi_processor_count)
+    workspace = alloc_workspace(len(seq_lens), num_heads, num_kv_heads, head_dim, num_splits, torch.device("cuda"))
+
+    def step():
+        rotary_and_write_kv(positions, query, key, value, batch.k_cache, batch.v_cache, slots, rope.cos_sin_cache,
+                            head_dim)
+        decode_attention_fwd(query, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens,
+                             head_dim ** -0.5, num_splits, out, workspace)
+
+    new = [torch.randn(3, *batch.query.shape[:1], num_heads + 2 * num_kv_heads, head_dim, device="cuda",
+                       dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(i)) for i in range(8)]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for values in new:
+        query.copy_(values[0, :, :num_heads])
+        key.copy_(values[1, :, num_heads:num_heads + num_kv_heads])
+        value.copy_(values[2, :, num_heads + num_kv_heads:])
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(batch.k_cache.view(-1, num_kv_heads, head_dim)[slots], key)  # rotated, written
+        expected = paged_attention(query, batch.k_cache, batch.v_cache, batch.query_start_loc, batch.seq_lens,
+                                   batch.block_tables, head_dim ** -0.5)
+        assert_attention_close(out, expected)
