@@ -23,7 +23,7 @@ programs of the other splits return at once and touch nothing.
 Under programmatic dependent launch (`kernels/pdl.py`) a program loads its block ids and its first
 K/V tile before waiting for the kernels ahead of it: every position but the newest was written by
 an earlier step. The newest token's row (`seq_len - 1`, written by this step's KV write) is loaded
-after the wait; every later tile is loaded one tile ahead of its use.
+after the wait. The later tiles are loaded in the loop, which Triton software-pipelines.
 
 A sequence with `seq_len == 0` (a padded CUDA-graph slot) gets a zero output, written by split 0.
 The workspace (partials and counters) belongs to one launch at a time: two launches that share it
@@ -227,30 +227,15 @@ def _decode_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
-    for tile_start in range(start, end, BLOCK_N):
-        mask_n = offs_n < end  # offs_n, k, v: this tile's positions and cache rows
-        # The next tile's, a tile ahead (all masked off after the last).
-        next_offs = offs_n + BLOCK_N
-        next_mask = next_offs < end
-        next_rows = _tile_rows(table, next_offs, next_mask, head_off, stride_cache_block, stride_cache_tok,
-                               BLOCK_SIZE)
-        next_k = tl.load(k_cache_ptr + next_rows[:, None] + offs_d[None, :], mask=next_mask[:, None], other=0.0)
-        next_v = tl.load(v_cache_ptr + next_rows[:, None] + offs_d[None, :], mask=next_mask[:, None], other=0.0)
-        if IS_FP32:
-            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            qk = tl.dot(q, tl.trans(k))
-        qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))  # [BLOCK_H, BLOCK_N]
-        m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: every tile has a valid token
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IS_FP32:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-        offs_n, k, v = next_offs, next_k, next_v
+    if start < end:  # the prefetched first tile (empty only for a padded seq_len == 0 slot)
+        m_i, l_i, acc = _attend(q, k, v, offs_n < end, m_i, l_i, acc, qk_scale, IS_FP32)
+    for tile_start in range(start + BLOCK_N, end, BLOCK_N):  # the rest, pipelined by Triton (num_stages)
+        offs_n = tile_start + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < end
+        rows = _tile_rows(table, offs_n, mask_n, head_off, stride_cache_block, stride_cache_tok, BLOCK_SIZE)
+        k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        m_i, l_i, acc = _attend(q, k, v, mask_n, m_i, l_i, acc, qk_scale, IS_FP32)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # l_i == 0 only for an empty sequence (one split)
     result = acc / l_safe[:, None]  # [BLOCK_H, D]
@@ -268,6 +253,26 @@ def _decode_kernel(
             tl.store(mid_lse_ptr + rows + split, m_i + tl.math.log2(l_safe), mask=head_mask)
             _merge_splits(mid_out_ptr, mid_lse_ptr, counters_ptr + seq * num_kv_heads + kv_head, out_ptrs, rows,
                           head_mask, num_active, BLOCK_H=BLOCK_H, HEAD_DIM=HEAD_DIM, BLOCK_S=BLOCK_S)
+
+
+@triton.jit
+def _attend(q, k, v, mask_n, m_i, l_i, acc, qk_scale, IS_FP32: tl.constexpr):
+    """Online softmax over one tile of `BLOCK_N` positions (`mask_n` the valid ones, at least one):
+    the updated running max `m_i`, sum `l_i` and output `acc` of the `BLOCK_H` query heads."""
+    if IS_FP32:
+        qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))  # [BLOCK_H, BLOCK_N]
+    m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: the tile has a valid token
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if IS_FP32:
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
 
 
 @triton.jit
