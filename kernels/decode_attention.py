@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from kernels import pdl
+from kernels.extend_attention import _online_softmax_step, _scores
 from kernels.paged_checks import check_paged_inputs
 
 LOG2E = 1.4426950408889634
@@ -259,20 +260,8 @@ def _decode_kernel(
 def _attend(q, k, v, mask_n, m_i, l_i, acc, qk_scale, IS_FP32: tl.constexpr):
     """Online softmax over one tile of `BLOCK_N` positions (`mask_n` the valid ones, at least one):
     the updated running max `m_i`, sum `l_i` and output `acc` of the `BLOCK_H` query heads."""
-    if IS_FP32:
-        qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        qk = tl.dot(q, tl.trans(k))
-    qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))  # [BLOCK_H, BLOCK_N]
-    m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: the tile has a valid token
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(qk - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if IS_FP32:
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, l_i, acc
+    qk = tl.where(mask_n[None, :], _scores(q, k, IS_FP32) * qk_scale, float("-inf"))  # [BLOCK_H, BLOCK_N]
+    return _online_softmax_step(qk, m_i, l_i, acc, v, IS_FP32)
 
 
 @triton.jit

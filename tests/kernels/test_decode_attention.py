@@ -166,6 +166,19 @@ def check_gpu_decode(num_heads, num_kv_heads, head_dim, block_size, dtype, num_s
     assert_attention_close(out, reference(batch, scale))
 
 
+def capture(step) -> torch.cuda.CUDAGraph:
+    """`step` run once on a side stream (Triton compiles outside the capture), then captured."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
+
+
 @pytest.mark.gpu
 def test_gpu_decode_cuda_graph_replay_with_new_metadata():
     """Captured once; replays see new seq_lens and block tables in the same buffers."""
@@ -198,14 +211,7 @@ def test_gpu_decode_cuda_graph_replay_with_new_metadata():
         decode_attention_fwd(query, k_cache, v_cache, tables, seq_lens, head_dim ** -0.5, 16, out, workspace)
 
     load(first)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph = capture(step)
     for batch in (first, second):
         load(batch)
         out.fill_(float("nan"))
@@ -275,14 +281,7 @@ def test_gpu_decode_sees_the_newest_token_written_by_the_kernel_before_it():
 
     new = [torch.randn(3, *batch.query.shape[:1], num_heads + 2 * num_kv_heads, head_dim, device="cuda",
                        dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(i)) for i in range(8)]
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph = capture(step)
     for values in new:
         query.copy_(values[0, :, :num_heads])
         key.copy_(values[1, :, num_heads:num_heads + num_kv_heads])
