@@ -67,7 +67,7 @@ class Front:
         """Stream text chunks for a validated request. Closing the iterator early aborts the
         request downstream."""
         request_id = uuid.uuid4().hex
-        detok = IncrementalDetokenizer(self.tokenizer.hf, prompt_token_ids, skip_special_tokens)
+        detok = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, skip_special_tokens)
         stops = StopStringMatcher(sampling.stop) if sampling.stop else None
         stream = self.scheduler.generate(request_id, prompt_token_ids, sampling, timeout)
         num_output = 0

@@ -34,6 +34,7 @@ class TextTokenizer:
         self.max_model_len = _read_max_model_len(path)
         self.model_name = path.name
         self.has_chat_template = bool(self.hf.chat_template)
+        self._backend_decode = _plain_backend_decode(self.hf)
 
     def token_text(self, token_id: int) -> str:
         """One token's text on its own (for logprob listings); may be a partial character."""
@@ -43,6 +44,11 @@ class TextTokenizer:
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """`hf.decode(ids, skip_special_tokens)`; straight through the `tokenizers` backend when that
+        is all `hf.decode` would do (the detokenizer decodes once per streamed token, and
+        transformers' wrapper costs several times the backend's own decode)."""
+        if self._backend_decode is not None:
+            return self._backend_decode(ids, skip_special_tokens=skip_special_tokens)
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
@@ -63,6 +69,17 @@ class TextTokenizer:
         except TemplateError as e:
             raise InvalidRequestError(f"messages rejected by the model's chat template: {e}") from e
         return self.encode(text, add_special_tokens=False)
+
+
+def _plain_backend_decode(hf):
+    """The `tokenizers` backend's decode when `hf.decode` adds nothing to it: a fast tokenizer whose
+    `_decode` is transformers' generic one, without `clean_up_tokenization_spaces`. Else None."""
+    backend = getattr(hf, "backend_tokenizer", None)
+    generic = type(hf)._decode.__module__ in ("transformers.tokenization_utils_tokenizers",
+                                               "transformers.tokenization_utils_fast")
+    if backend is None or not generic or getattr(hf, "clean_up_tokenization_spaces", False):
+        return None
+    return backend.decode
 
 
 def _validate_messages(messages: list[dict]) -> None:

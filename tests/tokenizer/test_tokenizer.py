@@ -26,6 +26,33 @@ def test_encode_decode_round_trip(demo_tokenizer):
     assert demo_tokenizer.decode(ids, skip_special_tokens=False) == "<s>" + text
 
 
+@pytest.mark.parametrize("skip", [True, False])
+def test_decode_takes_the_backend_and_equals_transformers_decode(demo_tokenizer, skip):
+    """The demo tokenizer decodes through `tokenizers` directly, with transformers' results on
+    random ids (special tokens, byte pieces that end mid-character, added tokens included)."""
+    import random
+
+    assert demo_tokenizer._backend_decode is not None
+    rng = random.Random(skip)
+    for length in (0, 1, 2, 3, 7, 40):
+        for _ in range(30):
+            ids = [rng.randrange(demo_tokenizer.vocab_size) for _ in range(length)]
+            assert demo_tokenizer.decode(ids, skip) == demo_tokenizer.hf.decode(ids, skip_special_tokens=skip)
+
+
+def test_decode_goes_through_transformers_when_it_cleans_up_spaces(demo_model_dir, tmp_path):
+    """With clean_up_tokenization_spaces (which the backend does not do) decode stays transformers'."""
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(demo_model_dir) / name, tmp_path / name)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["clean_up_tokenization_spaces"] = True
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = TextTokenizer(str(tmp_path))
+    assert tokenizer._backend_decode is None
+    ids = tokenizer.encode("a , b .", add_special_tokens=False)
+    assert tokenizer.decode(ids) == tokenizer.hf.decode(ids, skip_special_tokens=True)
+
+
 def test_chat_template_gives_ids_with_a_single_bos(demo_tokenizer):
     ids = demo_tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}])
     assert demo_tokenizer.decode(ids, skip_special_tokens=False) == \
