@@ -1,4 +1,4 @@
-"""The two CPU-side benchmarks run end to end at toy sizes and report what they measured."""
+"""The CPU-side benchmarks run end to end at toy sizes and report what they measured."""
 from __future__ import annotations
 
 import re
@@ -12,6 +12,21 @@ def test_grpc_rate_reports_messages_per_second(capsys):
     assert grpc_rate.main(["--streams", "4", "--messages", "5"]) == 0
     rate = float(re.search(r"(\d+) messages/s", capsys.readouterr().out).group(1))
     assert rate > 0
+
+
+def test_front_rate_streams_every_token_through_the_tokenizer_service(demo_model_dir, tmp_path):
+    """The real tokenizer service (a subprocess) in front of the stand-in scheduler: every token of
+    every stream arrives, and the service's CPU per token is measured (> 0)."""
+    import json
+
+    from benchmarks import front_rate
+
+    out = tmp_path / "front.json"
+    assert front_rate.main(["--streams", "3", "--tokens", "5", "--step-ms", "1", "--model", demo_model_dir,
+                            "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["tokens"] == 15 and 0 < result["messages_per_token"] <= 1
+    assert result["front_cpu_us_per_token"] > 0
 
 
 def test_host_step_times_every_stage(capsys):
