@@ -11,6 +11,8 @@ kernel replaced by a no-op and times 100 replays of each:
 - `rotary`: no rotary embedding and KV-cache write (the attention kernel still runs);
 - `decode`: no decode-attention kernel (the rotary and KV write still run);
 - `splits=N`: the decode attention split over N pieces of the context (served: by `choose_num_splits`);
+- `decode-config=BLOCK_N,WARPS,STAGES`: the decode-attention tile configuration for bf16, head dim 128;
+- `norm-warps=N`: the RMSNorm kernel with N warps (served: one per 512 channels);
 - `no-pdl`: the served step with programmatic dependent launch off (`SLUICE_PDL=0`).
 
 The outputs of an ablated step are wrong; only its time means something. The difference to `none`
@@ -21,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 from pathlib import Path
 from unittest import mock
 
 from benchmarks.profile_decode import copy_bandwidth, decode_weight_bytes, fill_graph_inputs, time_calls
-from kernels import attention
+from kernels import attention, decode_attention
 from services.worker.config import WorkerConfig
 from services.worker.cuda_graphs import StepGraphs
 from services.worker.layers import attention as attention_layer
@@ -64,6 +67,15 @@ def _patches(name: str) -> contextlib.ExitStack:
     if name.startswith("splits="):
         splits = int(name.removeprefix("splits="))
         stack.enter_context(mock.patch.object(attention, "choose_num_splits", lambda *args: splits))
+    if name.startswith("decode-config="):
+        config = tuple(int(v) for v in name.removeprefix("decode-config=").split(","))
+        stack.enter_context(mock.patch.dict(decode_attention._CONFIGS, {(128, False): config}))
+    if name.startswith("norm-warps="):
+        from kernels import elementwise_triton
+
+        warps = int(name.removeprefix("norm-warps="))
+        stack.enter_context(mock.patch.object(elementwise_triton, "rms_norm_triton",
+                                              functools.partial(elementwise_triton.rms_norm_triton, num_warps=warps)))
     if name == "no-pdl":
         stack.enter_context(mock.patch.dict(os.environ, {"SLUICE_PDL": "0"}))
     return stack
@@ -83,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model")
     parser.add_argument("--context", type=int, default=384)
     parser.add_argument("--ablations", nargs="+", default=["none", "norm", "attention", "norm+attention", "no-pdl"],
-                        help="none, norm, attention, rotary, decode (joined by +), no-pdl, splits=N")
+                        help="none, norm, attention, rotary, decode (joined by +), no-pdl, splits=N, "
+                             "decode-config=BLOCK_N,WARPS,STAGES, norm-warps=N")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 

@@ -45,9 +45,10 @@ def _write_kv_kernel(key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_
     tl.store(v_cache_ptr + slot * row_size + cols, v, mask=mask)
 
 
-def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
-                    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """One program per row; `BLOCK` (the next power of 2 of H) holds the whole row in registers."""
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+                    num_warps: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """One program per row; `BLOCK` (the next power of 2 of H) holds the whole row in registers.
+    `num_warps` overrides the default of one warp per 512 channels (benchmarks)."""
     num_tokens, hidden = x.shape
     out = torch.empty((num_tokens, hidden), dtype=x.dtype, device=x.device)
     new_residual = None if residual is None else torch.empty_like(out)
@@ -57,7 +58,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, residual:
         _rms_norm_kernel[(num_tokens,)](
             x, residual if has_residual else x, weight, out, new_residual if has_residual else out,
             x.stride(0), residual.stride(0) if has_residual else 0, hidden, eps,
-            HAS_RESIDUAL=has_residual, BLOCK=block, num_warps=min(max(block // 512, 1), 16),
+            HAS_RESIDUAL=has_residual, BLOCK=block, num_warps=num_warps or min(max(block // 512, 1), 16),
             **pdl.launch_options(x.device))
     return out if residual is None else (out, new_residual)
 

@@ -69,3 +69,26 @@ def test_serving_timeline_unions_overlaps_and_names_the_gaps():
         (20.0, "argmax", "gemv"), (8.0, "norm", "gemv")]
     with pytest.raises(ValueError, match="no GPU activity"):
         timeline([], steps=1)
+
+
+def test_ablation_patches_apply_inside_and_undo_outside():
+    """`ablate_decode` runs on the GPU only; what each ablation name patches is checked here."""
+    import torch
+
+    from benchmarks import ablate_decode
+    from kernels import decode_attention
+    from services.worker.layers import attention as attention_layer
+    from services.worker.layers import norm as norm_layer
+
+    x, residual = torch.ones(1, 8), torch.full((1, 8), 2.0)
+    served_norm, served_decode = norm_layer.rms_norm, attention_layer.Attention._decode
+    served_config = decode_attention._CONFIGS[128, False]
+    with ablate_decode._patches("norm+decode"):
+        assert norm_layer.rms_norm(x, None, 1e-6, residual) == (x, residual)
+        assert attention_layer.Attention._decode is not served_decode
+    with ablate_decode._patches("decode-config=32,8,3"):
+        assert decode_attention._CONFIGS[128, False] == (32, 8, 3)
+    with ablate_decode._patches("splits=5"):
+        assert ablate_decode.attention.choose_num_splits(1, 8, 4096, 132) == 5
+    assert norm_layer.rms_norm is served_norm and attention_layer.Attention._decode is served_decode
+    assert decode_attention._CONFIGS[128, False] == served_config

@@ -125,3 +125,14 @@ def test_gpu_realistic_shapes(num_tokens, hidden, dtype):
     assert torch.equal(new_residual, want_residual)
     assert_close(out, want_out)
     assert_close(rmsnorm.rms_norm(x, weight, 1e-5), rmsnorm._torch_impl(x, weight, 1e-5))
+
+
+@pytest.mark.parametrize("num_warps", [1, 4])
+def test_num_warps_override_changes_nothing_but_the_launch(num_warps):
+    from kernels.elementwise_triton import rms_norm_triton
+
+    x, weight, residual = make_case(3, 1000, torch.float32, strided=True)
+    got = rms_norm_triton(x, weight, 1e-5, residual, num_warps=num_warps)
+    want = rmsnorm._torch_impl(x, weight, 1e-5, residual)
+    assert_close(got[0], want[0])
+    assert torch.equal(got[1], want[1])
