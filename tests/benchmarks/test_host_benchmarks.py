@@ -16,17 +16,18 @@ def test_grpc_rate_reports_messages_per_second(capsys):
 
 def test_front_rate_streams_every_token_through_the_tokenizer_service(demo_model_dir, tmp_path):
     """The real tokenizer service (a subprocess) in front of the stand-in scheduler: every token of
-    every stream arrives, and the service's CPU per token is measured (> 0)."""
+    every stream arrives once, in at most one message per token, and the service's CPU time is read
+    (in clock ticks of 10 ms: a toy run may use none)."""
     import json
 
     from benchmarks import front_rate
 
     out = tmp_path / "front.json"
-    assert front_rate.main(["--streams", "3", "--tokens", "5", "--step-ms", "1", "--model", demo_model_dir,
+    assert front_rate.main(["--streams", "3", "--tokens", "20", "--step-ms", "1", "--model", demo_model_dir,
                             "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["tokens"] == 15 and 0 < result["messages_per_token"] <= 1
-    assert result["front_cpu_us_per_token"] > 0
+    assert result["tokens"] == 60 and 0 < result["messages_per_token"] <= 1
+    assert result["front_cpu_us_per_token"] >= 0 and result["seconds"] > 0
 
 
 def test_host_step_times_every_stage(capsys):
