@@ -13,6 +13,7 @@ kernel replaced by a no-op and times 100 replays of each:
 - `splits=N`: the decode attention split over N pieces of the context (served: by `choose_num_splits`);
 - `decode-config=BLOCK_N,WARPS,STAGES`: the decode-attention tile configuration for bf16, head dim 128;
 - `norm-warps=N`: the RMSNorm kernel with N warps (served: one per 512 channels);
+- `gemv=N:K:BLOCK_N,BLOCK_K,WARPS`: the GEMV tiles of the `[N, K]` weights (served: `pick_config`);
 - `no-pdl`: the served step with programmatic dependent launch off (`SLUICE_PDL=0`).
 
 The outputs of an ablated step are wrong; only its time means something. The difference to `none`
@@ -76,6 +77,14 @@ def _patches(name: str) -> contextlib.ExitStack:
         warps = int(name.removeprefix("norm-warps="))
         stack.enter_context(mock.patch.object(elementwise_triton, "rms_norm_triton",
                                               functools.partial(elementwise_triton.rms_norm_triton, num_warps=warps)))
+    if name.startswith("gemv="):
+        from kernels import gemv_triton
+
+        shape, config = name.removeprefix("gemv=").split(":")[:2], name.split(":")[2]
+        override = {tuple(int(v) for v in shape): tuple(int(v) for v in config.split(","))}
+        served = gemv_triton.pick_config
+        stack.enter_context(mock.patch.object(gemv_triton, "pick_config",
+                                              lambda n, k: override.get((n, k)) or served(n, k)))
     if name == "no-pdl":
         stack.enter_context(mock.patch.dict(os.environ, {"SLUICE_PDL": "0"}))
     return stack
@@ -96,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=384)
     parser.add_argument("--ablations", nargs="+", default=["none", "norm", "attention", "norm+attention", "no-pdl"],
                         help="none, norm, attention, rotary, decode (joined by +), no-pdl, splits=N, "
-                             "decode-config=BLOCK_N,WARPS,STAGES, norm-warps=N")
+                             "decode-config=BLOCK_N,WARPS,STAGES, norm-warps=N, gemv=N:K:BLOCK_N,BLOCK_K,WARPS")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 

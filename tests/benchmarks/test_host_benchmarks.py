@@ -91,5 +91,12 @@ def test_ablation_patches_apply_inside_and_undo_outside():
         assert decode_attention._CONFIGS[128, False] == (32, 8, 3)
     with ablate_decode._patches("splits=5"):
         assert ablate_decode.attention.choose_num_splits(1, 8, 4096, 132) == 5
+    from kernels import gemv_triton
+
+    served_gemv = gemv_triton.pick_config(6144, 4096)
+    with ablate_decode._patches("gemv=4096:4096:16,256,2"):
+        assert gemv_triton.pick_config(4096, 4096) == (16, 256, 2)
+        assert gemv_triton.pick_config(6144, 4096) == served_gemv  # other shapes keep their tiles
+    assert gemv_triton.pick_config(4096, 4096) != (16, 256, 2)
     assert norm_layer.rms_norm is served_norm and attention_layer.Attention._decode is served_decode
     assert decode_attention._CONFIGS[128, False] == served_config
