@@ -51,7 +51,7 @@ def _skip_rotary(*args):
     return None
 
 
-def _skip_decode(self, query, *args):
+def _skip_decode(self, query, *args, **kwargs):
     return query
 
 
