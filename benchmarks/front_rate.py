@@ -53,7 +53,6 @@ class SteppingScheduler(scheduler_pb2_grpc.SchedulerServicer):
                     del live[message.abort.request_id]
 
         reader = asyncio.create_task(read())
-        done = 0
         try:
             while not reader.done() or live:
                 await asyncio.sleep(self.step_s)
@@ -64,7 +63,6 @@ class SteppingScheduler(scheduler_pb2_grpc.SchedulerServicer):
                                                                token_ids=[rng.randrange(self.vocab_size)])
                     if state[0] <= 0:
                         del live[request_id]
-                        done += 1
                         out.finish_reason = common_pb2.FINISH_REASON_LENGTH
                         out.usage.prompt_tokens = state[1]
                     outputs.append(out)

@@ -69,6 +69,11 @@ class _Bucket:
     logits: torch.Tensor | None = None  # [rows, V], written by the replay
     greedy_ids: torch.Tensor | None = None  # [rows] int64, argmax of each row of logits
 
+    def __post_init__(self) -> None:
+        long_bytes = self.layout(self.rows, self.tokens, self.blocks_per_seq)[0]
+        self._longs = self.staging[:long_bytes].view(torch.int64)  # views made once: `run` reads them every step
+        self._ints = self.staging[long_bytes:].view(torch.int32)
+
     @staticmethod
     def layout(rows: int, tokens: int, blocks_per_seq: int) -> tuple[int, int]:
         """(bytes of the int64 part, bytes in all)."""
@@ -90,27 +95,21 @@ class _Bucket:
     def num_tokens(self) -> int:
         return self.rows * self.tokens
 
-    def _longs(self) -> torch.Tensor:
-        return self.staging[:self.layout(self.rows, self.tokens, self.blocks_per_seq)[0]].view(torch.int64)
-
-    def _ints(self) -> torch.Tensor:
-        return self.staging[self.layout(self.rows, self.tokens, self.blocks_per_seq)[0]:].view(torch.int32)
-
     @property
     def input_ids(self) -> torch.Tensor:
-        return self._longs()[:self.num_tokens]
+        return self._longs[:self.num_tokens]
 
     @property
     def positions(self) -> torch.Tensor:
-        return self._longs()[self.num_tokens:2 * self.num_tokens]
+        return self._longs[self.num_tokens:2 * self.num_tokens]
 
     @property
     def logits_indices(self) -> torch.Tensor:
-        return self._longs()[3 * self.num_tokens:]
+        return self._longs[3 * self.num_tokens:]
 
     def metadata(self, max_seq_len: int) -> AttentionMetadata:
-        n, rows, ints = self.num_tokens, self.rows, self._ints()
-        return AttentionMetadata(slot_mapping=self._longs()[2 * n:3 * n], query_start_loc=ints[:rows + 1],
+        n, rows, ints = self.num_tokens, self.rows, self._ints
+        return AttentionMetadata(slot_mapping=self._longs[2 * n:3 * n], query_start_loc=ints[:rows + 1],
                                  seq_lens=ints[rows + 1:2 * rows + 1],
                                  block_tables=ints[2 * rows + 1:].view(rows, self.blocks_per_seq),
                                  max_query_len=self.tokens, max_seq_len=max_seq_len,
