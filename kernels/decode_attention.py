@@ -304,12 +304,15 @@ def _decode_kernel(
             tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=head_mask[:, None])
         else:
             num_kv_heads = tl.num_programs(1)
-            rows = (seq * num_kv_heads * GROUP + heads) * num_splits  # [BLOCK_H], split 0 in [B * Hq, S]
+            first_row = (seq * num_kv_heads + kv_head) * GROUP * num_splits  # head 0, split 0 in [B * Hq, S]
+            rows = first_row + offs_h * num_splits  # [BLOCK_H]
             tl.store(mid_out_ptr + (rows + split)[:, None] * HEAD_DIM + offs_d[None, :], result,
                      mask=head_mask[:, None])
             tl.store(mid_lse_ptr + rows + split, m_i + tl.math.log2(l_safe), mask=head_mask)
-            _merge_splits(mid_out_ptr, mid_lse_ptr, counters_ptr + seq * num_kv_heads + kv_head, out_ptrs, rows,
-                          head_mask, num_active, BLOCK_H=BLOCK_H, HEAD_DIM=HEAD_DIM, BLOCK_S=BLOCK_S)
+            _merge_splits(mid_out_ptr, mid_lse_ptr, counters_ptr + seq * num_kv_heads + kv_head,
+                          out_ptr + seq * stride_ob + kv_head * GROUP * stride_oh, stride_oh, first_row, num_splits,
+                          num_active, GROUP=GROUP, HEAD_DIM=HEAD_DIM, BLOCK_G=triton.next_power_of_2(GROUP),
+                          CHUNK=_merge_chunk(GROUP, BLOCK_S))
 
 
 @triton.jit
@@ -355,11 +358,15 @@ def _tile_rows(table, offs_n, mask_n, head_off, stride_cache_block, stride_cache
 
 
 @triton.jit
-def _merge_splits(mid_out_ptr, mid_lse_ptr, counter_ptr, out_ptrs, rows, head_mask, num_active,
-                  BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Counts this program's split as finished; the last of `num_active` merges all and writes `out_ptrs`.
+def _merge_splits(mid_out_ptr, mid_lse_ptr, counter_ptr, out_head_ptr, stride_oh, first_row, num_splits, num_active,
+                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, CHUNK: tl.constexpr):
+    """Counts this program's split as finished; the last of `num_active` merges all and writes the
+    `GROUP` heads' outputs at `out_head_ptr` (head g at `g * stride_oh`).
 
-    `rows [BLOCK_H]` index split 0 of this program's heads in the `[B * Hq, S]` partials.
+    `first_row` indexes head 0, split 0 of this program's heads in the `[B * Hq, S]` partials.
+    The merger reads `CHUNK` splits of every head at once (one L2 round trip per chunk, with an
+    online rescale between chunks), not one split after another: at batch 1 the merge is on the
+    step's critical path, and a loop of dependent loads cost an L2 latency per split.
 
     Ordering (the interpreter runs programs one after another, so tests cannot check it):
     - writers: the barrier makes every thread's partial stores happen before the atomic, which one
@@ -383,20 +390,34 @@ def _merge_splits(mid_out_ptr, mid_lse_ptr, counter_ptr, out_ptrs, rows, head_ma
     tl.debug_barrier()  # every thread's partial stores, before thread 0's release
     count = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
     if count == num_active - 1:
-        offs_s = tl.arange(0, BLOCK_S)
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_c = tl.arange(0, CHUNK)
         offs_d = tl.arange(0, HEAD_DIM)
-        lse = tl.load(mid_lse_ptr + rows[:, None] + offs_s[None, :],
-                      mask=head_mask[:, None] & (offs_s[None, :] < num_active), other=float("-inf"),
-                      cache_modifier=".cg")  # [BLOCK_H, BLOCK_S]
-        lse_max = tl.max(lse, 1)
-        lse_max = tl.where(lse_max > float("-inf"), lse_max, 0.0)  # padded head rows
-        total = tl.sum(tl.math.exp2(lse - lse_max[:, None]), 1)  # [BLOCK_H]
-        acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
-        for s in range(num_active):
-            lse_s = tl.load(mid_lse_ptr + rows + s, mask=head_mask, other=float("-inf"), cache_modifier=".cg")
-            partial = tl.load(mid_out_ptr + (rows + s)[:, None] * HEAD_DIM + offs_d[None, :],
-                              mask=head_mask[:, None], other=0.0, cache_modifier=".cg")  # [BLOCK_H, D]
-            acc += partial * tl.math.exp2(lse_s - lse_max)[:, None]
+        rows = first_row + offs_g * num_splits  # [BLOCK_G]
+        m = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)  # running max of the log2-sum-exps
+        total = tl.zeros([BLOCK_G], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_G, HEAD_DIM], dtype=tl.float32)
+        for chunk in range(0, num_active, CHUNK):
+            index = rows[:, None] + (chunk + offs_c)[None, :]  # [BLOCK_G, CHUNK]
+            mask = (offs_g < GROUP)[:, None] & ((chunk + offs_c) < num_active)[None, :]
+            lse = tl.load(mid_lse_ptr + index, mask=mask, other=float("-inf"), cache_modifier=".cg")
+            partial = tl.load(mid_out_ptr + index[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                              mask=mask[:, :, None], other=0.0, cache_modifier=".cg")  # [BLOCK_G, CHUNK, D]
+            m_new = tl.maximum(m, tl.max(lse, 1))
+            m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)  # padded head rows stay at zero weight
+            rescale = tl.math.exp2(m - m_safe)  # 0 on the first chunk
+            weights = tl.math.exp2(lse - m_safe[:, None])  # [BLOCK_G, CHUNK]
+            total = total * rescale + tl.sum(weights, 1)
+            acc = acc * rescale[:, None] + tl.sum(partial * weights[:, :, None], 1)
+            m = m_new
         result = acc / tl.where(total > 0.0, total, 1.0)[:, None]
-        tl.store(out_ptrs, result.to(out_ptrs.dtype.element_ty), mask=head_mask[:, None])
+        tl.store(out_head_ptr + offs_g[:, None] * stride_oh + offs_d[None, :], result.to(out_head_ptr.dtype.element_ty),
+                 mask=(offs_g < GROUP)[:, None])
         tl.store(counter_ptr, 0)
+
+
+@triton.constexpr_function
+def _merge_chunk(group, block_s):
+    """Splits the merger reads at once: up to 64 rows of partials (`next_power_of_2(GROUP)` heads
+    each), 64 float32 registers a thread at 4 warps and head dim 128."""
+    return min(block_s, max(1, 64 // triton.next_power_of_2(group)))

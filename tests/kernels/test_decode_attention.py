@@ -104,6 +104,22 @@ def test_decode_consecutive_calls_share_workspace(num_splits):
     assert torch.equal(outputs[0], outputs[2])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_decode_merges_splits_in_several_chunks(dtype):
+    """16 query heads on one KV head read 4 splits per merge chunk, so 16 active splits merge in 4
+    chunks, each rescaled to the running maximum. The keys of the last split score highest, so the
+    maximum moves between chunks."""
+    num_heads, num_kv_heads, head_dim = 16, 1, 16
+    batch = build_paged_batch([250, 37], [1, 1], num_heads, num_kv_heads, head_dim, 4, dtype, seed=11)
+    batch.k_cache.mul_(0.5)
+    last_blocks = batch.block_tables[0, 240 // 4:]
+    batch.k_cache[last_blocks] = batch.query[0].mean(0).to(dtype) * 4  # the newest positions attend strongly
+    workspace = alloc_workspace(2, num_heads, num_kv_heads, head_dim, 16, torch.device(DEVICE))
+    out = run_decode(batch, 0.25, 16, SMALL_CONFIG, workspace=workspace)
+    assert_attention_close(out, reference(batch, 0.25))
+    assert torch.equal(workspace[2], torch.zeros_like(workspace[2])), workspace[2]
+
+
 def test_choose_num_splits():
     assert choose_num_splits(256, 8, 4096, 132) == 1
     assert choose_num_splits(64, 8, 4096, 132) == 3
