@@ -10,11 +10,43 @@ Shapes as in `kernels/attention_ref.py`; both functions write into `out` when gi
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
 from kernels import attention_ref
 from kernels.backend import use_triton
+
+
+@dataclass
+class NewTokens:
+    """The step's new token per sequence, for a decode launch that applies the rotary embedding
+    and writes the KV cache itself: key and value `[B, Hkv, D]` (each token's channels
+    contiguous) before rotation, positions and slot mapping `[B]` int64 (a negative slot writes
+    nothing), the float32 rotary cos/sin cache `[max_position, rotary_dim]` (cos | sin halves)
+    and rotary_dim. Numerics, position and slot rules: `kernels.rotary_kv.rotary_and_write_kv`'s."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    cos_sin_cache: torch.Tensor
+    rotary_dim: int
+
+    def check(self, query: torch.Tensor, k_cache: torch.Tensor) -> None:
+        batch_size, _, head_dim = query.shape
+        num_kv_heads = k_cache.shape[2]
+        for t in (self.key, self.value):
+            assert t.shape == (batch_size, num_kv_heads, head_dim) and t.dtype == query.dtype, (t.shape, t.dtype)
+            assert t.stride(2) == 1 and t.stride(1) == head_dim, t.stride()
+        assert self.positions.shape == self.slot_mapping.shape == (batch_size,), \
+            (self.positions.shape, self.slot_mapping.shape)
+        assert self.positions.dtype == self.slot_mapping.dtype == torch.int64, (self.positions.dtype,)
+        assert k_cache.is_contiguous(), "the new token's row is addressed as slot * Hkv * D"
+        assert 0 < self.rotary_dim <= head_dim and self.rotary_dim % 2 == 0, (self.rotary_dim, head_dim)
+        assert self.cos_sin_cache.dim() == 2 and self.cos_sin_cache.shape[1] == self.rotary_dim \
+            and self.cos_sin_cache.is_contiguous(), self.cos_sin_cache.shape
+        assert self.cos_sin_cache.dtype == torch.float32, "float32, as RotaryEmbedding builds it (one variant)"
 
 
 def _triton_backend(*tensors: torch.Tensor) -> bool:
@@ -45,8 +77,13 @@ def warm_up(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, d
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, num_splits: int,
                      out: torch.Tensor | None = None,
-                     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                     rotary: NewTokens | None = None) -> torch.Tensor:
     """One new token per sequence: `query [B, Hq, D]` -> `[B, Hq, D]`.
+
+    With `rotary` (`NewTokens`), query and the new key are rotated and
+    the new K/V stored in the cache first, all inside the attention launch on the Triton path
+    (the torch path runs `rotary_and_write_kv` on copies first); `query` is left unrotated.
 
     `seq_lens [B]` int32 includes the new token (already in the cache); `block_tables [B, max_blocks]`
     int32. `num_splits` is a host int fixed by the caller (`choose_num_splits`); `workspace` is
@@ -60,7 +97,13 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         from kernels.decode_attention import decode_attention_fwd
 
         return decode_attention_fwd(query, k_cache, v_cache, block_tables, seq_lens, scale, num_splits,
-                                    out, workspace)
+                                    out, workspace, rotary=rotary)
+    if rotary is not None:
+        from kernels import rotary_kv
+
+        query, key = query.clone(), rotary.key.clone()
+        rotary_kv._torch_impl(rotary.positions, query, key, rotary.value, k_cache, v_cache, rotary.slot_mapping,
+                              rotary.cos_sin_cache, rotary.rotary_dim)
     batch_size = query.shape[0]
     query_start_loc = torch.arange(batch_size + 1, dtype=torch.int32, device=query.device)
     result = attention_ref.paged_attention(query, k_cache, v_cache, query_start_loc, seq_lens,

@@ -20,6 +20,15 @@ programs of the other splits return at once and touch nothing.
   every launch, and every CUDA-graph replay, starts from zeroed counters. No program waits on
   another, so the scheme needs no co-residency of programs; see `_merge_splits` for the ordering.
 
+With `ROTARY` (a decode step's launch, given `NewTokens`) the kernel also does what
+`rotary_and_write_kv` would have done before it: every program rotates its query heads as it loads
+them (the channel and its rotation partner, cos/sin at the sequence's position, each product
+rounded as that kernel rounds it), and the program whose split holds the last position rotates
+the new key of its KV head and stores it and the value at the token's slot. That program attends
+to the new token from registers in its first tile, or reads it back after a barrier in a later
+tile. Only that program reads the last position, so no other program waits for the write, and a
+decode step has one launch per layer fewer.
+
 Under programmatic dependent launch (`kernels/pdl.py`) a program loads its block ids and its first
 K/V tile before waiting for the kernels ahead of it: every position but the newest was written by
 an earlier step. The newest token's row (`seq_len - 1`, written by this step's KV write) is loaded
@@ -36,6 +45,7 @@ import triton
 import triton.language as tl
 
 from kernels import pdl
+from kernels.attention import NewTokens
 from kernels.extend_attention import _online_softmax_step, _scores
 from kernels.paged_checks import check_paged_inputs
 
@@ -57,14 +67,20 @@ MAX_SPLITS = 64
 def warm_up(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
             device: torch.device) -> None:
     """Compile every variant of the kernel that serving can launch (one per power-of-two bound
-    on the split count, 1 .. MAX_SPLITS), so that no step waits for the JIT."""
+    on the split count, 1 .. MAX_SPLITS, with and without the rotary embedding and KV write of
+    `NewTokens`), so that no step waits for the JIT."""
     query = torch.zeros(1, num_heads, head_dim, dtype=dtype, device=device)
     cache = torch.zeros(1, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
     block_tables = torch.zeros(1, 1, dtype=torch.int32, device=device)
     seq_lens = torch.ones(1, dtype=torch.int32, device=device)
+    key = torch.zeros(1, num_kv_heads, head_dim, dtype=dtype, device=device)
+    index = torch.zeros(1, dtype=torch.int64, device=device)
+    new = NewTokens(key, key, index, index - 1, torch.zeros(1, head_dim, device=device), head_dim)
     num_splits = 1
     while num_splits <= MAX_SPLITS:
-        decode_attention_fwd(query, cache, cache, block_tables, seq_lens, 1.0, num_splits, torch.empty_like(query))
+        for rotary in (None, new):
+            decode_attention_fwd(query, cache, cache, block_tables, seq_lens, 1.0, num_splits,
+                                 torch.empty_like(query), rotary=rotary)
         num_splits *= 2
 
 
@@ -116,12 +132,17 @@ def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: to
                          block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, num_splits: int,
                          out: torch.Tensor,
                          workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                         config: tuple[int, int, int] | None = None) -> torch.Tensor:
+                         config: tuple[int, int, int] | None = None,
+                         rotary: NewTokens | None = None) -> torch.Tensor:
     """Attention of `query [B, Hq, D]` over each sequence's cached K/V, written into `out [B, Hq, D]`.
 
     `workspace` is `alloc_workspace(>= B, Hq, Hkv, D, num_splits)` with zeroed counters (every
     launch leaves them zeroed); without it one is cached per shape.
     `config` overrides `(BLOCK_N, num_warps, num_stages)` (benchmarks and interpreter tests).
+    With `rotary`, the query is not yet rotated and the new token's K/V are not yet in the cache:
+    the kernel rotates the query as it loads it, and the program of each (sequence, KV head)
+    whose split holds the last position rotates the new key and stores it and the value at the
+    token's slot (see `NewTokens`); `query` itself is left as it was.
     """
     batch_size, num_heads, head_dim = query.shape
     _check(query, k_cache, v_cache, block_tables, seq_lens, scale, num_splits, out)
@@ -147,16 +168,27 @@ def decode_attention_fwd(query: torch.Tensor, k_cache: torch.Tensor, v_cache: to
             (mid_out.device, mid_lse.device, counters.device, query.device)
     else:
         mid_out, mid_lse, counters = out, seq_lens, seq_lens  # unused by the kernel with one split
+    if rotary is not None:
+        rotary.check(query, k_cache)
+        new = rotary
+    else:  # unused by the kernel without ROTARY
+        new = NewTokens(query[:, 0], query[:, 0], seq_lens, seq_lens, seq_lens, 0)
     _decode_kernel[(batch_size, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens, out, mid_out, mid_lse, counters,
+        new.key, new.value, new.positions, new.slot_mapping, new.cos_sin_cache, new.rotary_dim // 2,
         scale * LOG2E, num_splits,
         query.stride(0), query.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         out.stride(0), out.stride(1),
+        new.key.stride(0), new.value.stride(0),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, SPLIT=num_splits > 1, BLOCK_S=triton.next_power_of_2(num_splits), IS_FP32=is_fp32,
+        ROTARY=rotary is not None,
         num_warps=num_warps, num_stages=num_stages, **pdl.launch_options(query.device),
+        # With FP fusion the compiler turns the rotation's rounded product and sum into one bf16 FMA
+        # (`fma.rn.bf16`), which rounds once where `rotary_and_write_kv` and torch round twice.
+        enable_fp_fusion=rotary is None,
     )
     return out
 
@@ -173,20 +205,24 @@ def _check(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
 # specialised on (== 1, % 16), nor is the alignment of the scalar-only pointers (a mixed step
 # passes slices of them; with one split, mid_lse and counters are seq_lens). The variants left are
 # SPLIT x BLOCK_S, all compiled by `warm_up`.
-@triton.jit(do_not_specialize=["stride_bt", "num_splits"],
-            do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr", "mid_lse_ptr", "counters_ptr"])
+@triton.jit(do_not_specialize=["stride_bt", "num_splits", "half_rotary", "stride_kt", "stride_vt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr", "mid_lse_ptr", "counters_ptr",
+                                            "key_ptr", "value_ptr", "positions_ptr", "slot_mapping_ptr",
+                                            "cos_sin_ptr"])
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, mid_out_ptr, mid_lse_ptr,
     counters_ptr,
+    key_ptr, value_ptr, positions_ptr, slot_mapping_ptr, cos_sin_ptr, half_rotary,  # ROTARY: `NewTokens`
     qk_scale,  # softmax scale * log2(e): scores live in the log2 domain
     num_splits,  # splits per sequence (the grid's third dimension), <= BLOCK_S
     stride_qb, stride_qh,
     stride_cache_block, stride_cache_tok, stride_cache_head,
     stride_bt,
     stride_ob, stride_oh,
+    stride_kt, stride_vt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP32: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    ROTARY: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     pdl.allow_next(USE_PDL)
     seq = tl.program_id(0)
@@ -207,6 +243,10 @@ def _decode_kernel(
     written = (offs_n < tl.minimum(end, seq_len - 1))[:, None]
     k = tl.load(k_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=written, other=0.0)
     v = tl.load(v_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=written, other=0.0)
+    if ROTARY:  # metadata and the cos/sin table: readable before the wait
+        partner, cos, sin_signed = _rotation(positions_ptr, cos_sin_ptr, seq, half_rotary, offs_d,
+                                             q_ptr.dtype.element_ty)
+        slot = tl.load(slot_mapping_ptr + seq)
     pdl.wait_previous(USE_PDL)  # q and the new token's K/V come from the kernels before
 
     offs_h = tl.arange(0, BLOCK_H)
@@ -220,11 +260,27 @@ def _decode_kernel(
                          mask=head_mask[:, None])
             return
 
-    q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=head_mask[:, None], other=0.0)  # [BLOCK_H, D]
+    q_rows = q_ptr + seq * stride_qb + heads[:, None] * stride_qh  # [BLOCK_H, 1]
+    q = tl.load(q_rows + offs_d[None, :], mask=head_mask[:, None], other=0.0)  # [BLOCK_H, D]
     newest = ((offs_n == seq_len - 1) & (offs_n < end))[:, None]  # in the first tile or nowhere
-    k = tl.where(newest, tl.load(k_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=newest, other=0.0), k)
-    v = tl.where(newest, tl.load(v_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=newest, other=0.0), v)
+    if ROTARY:
+        q = _rotate(q, tl.load(q_rows + partner[None, :], mask=head_mask[:, None], other=0.0), cos, sin_signed,
+                    half_rotary, offs_d)
+        if end == seq_len:  # this split holds the new token: rotate its key, store it and the value
+            kv_off = seq * stride_kt + kv_head * HEAD_DIM
+            k_new = _rotate(tl.load(key_ptr + kv_off + offs_d), tl.load(key_ptr + kv_off + partner), cos,
+                            sin_signed, half_rotary, offs_d)
+            v_new = tl.load(value_ptr + seq * stride_vt + kv_head * HEAD_DIM + offs_d)
+            row = (slot * tl.num_programs(1) + kv_head) * HEAD_DIM  # the cache is contiguous
+            stored = offs_d < tl.where(slot >= 0, HEAD_DIM, 0)  # slot < 0: a padding row, nothing stored
+            tl.store(k_cache_ptr + row + offs_d, k_new, mask=stored)
+            tl.store(v_cache_ptr + row + offs_d, v_new, mask=stored)
+            tl.debug_barrier()  # every thread's stores before any thread's loads of that row (a later tile)
+            k = tl.where(newest, k_new[None, :], k)  # in the first tile: from registers
+            v = tl.where(newest, v_new[None, :], v)
+    else:  # the newest row was written by the kernel before: loaded after the wait
+        k = tl.where(newest, tl.load(k_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=newest, other=0.0), k)
+        v = tl.where(newest, tl.load(v_cache_ptr + tile_rows[:, None] + offs_d[None, :], mask=newest, other=0.0), v)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
@@ -257,6 +313,33 @@ def _decode_kernel(
                           out_ptr + seq * stride_ob + kv_head * GROUP * stride_oh, stride_oh, first_row, num_splits,
                           num_active, GROUP=GROUP, HEAD_DIM=HEAD_DIM, BLOCK_G=triton.next_power_of_2(GROUP),
                           CHUNK=_merge_chunk(GROUP, BLOCK_S))
+
+
+@triton.jit
+def _rotation(positions_ptr, cos_sin_ptr, seq, half_rotary, offs_d, dtype: tl.constexpr):
+    """Per channel d of a head: its rotation partner (d + R/2 or d - R/2 inside the rotary_dim R,
+    itself beyond), and cos and sin at the sequence's position as float32 holding values rounded to
+    `dtype`, sin negated on the first half (`kernels/elementwise_triton.py`'s `_load_cos_sin`)."""
+    position = tl.load(positions_ptr + seq)
+    first, second = offs_d < half_rotary, (offs_d >= half_rotary) & (offs_d < 2 * half_rotary)
+    pair = tl.where(first, offs_d, offs_d - half_rotary)  # index into the cos (and the sin) half
+    partner = tl.where(first, offs_d + half_rotary, tl.where(second, offs_d - half_rotary, offs_d))
+    rotated = first | second
+    row = cos_sin_ptr + position * (2 * half_rotary)
+    cos = tl.load(row + pair, mask=rotated, other=1.0).to(dtype).to(tl.float32)
+    sin = tl.load(row + half_rotary + pair, mask=rotated, other=0.0).to(dtype).to(tl.float32)
+    return partner, cos, tl.where(first, -sin, sin)
+
+
+@triton.jit
+def _rotate(x, x_partner, cos, sin_signed, half_rotary, offs_d):
+    """Rotary embedding of `x [..., D]` given its partner channels: x * cos -/+ partner * sin, each
+    product and the sum rounded to x's dtype as `_rotate_heads` rounds them; channels past the
+    rotary_dim unchanged."""
+    dtype = x.dtype
+    product = (x.to(tl.float32) * cos).to(dtype).to(tl.float32)
+    cross = (x_partner.to(tl.float32) * sin_signed).to(dtype).to(tl.float32)
+    return tl.where(offs_d < 2 * half_rotary, (product + cross).to(dtype), x)
 
 
 @triton.jit

@@ -13,12 +13,12 @@ from triton.compiler import ASTSource
 TARGET = GPUTarget("cuda", 90, 32)
 
 
-def compile_sm90(kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4) -> str:
+def compile_sm90(kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4, fp_fusion: bool = True) -> str:
     """PTX of `kernel`; parameters are constexpr when upper case, else their `types` entry (i32)."""
     names = inspect.signature(kernel.fn).parameters
     sig = {n: "constexpr" if n.isupper() else types.get(n, "i32") for n in names}
     compiled = triton.compile(ASTSource(kernel, sig, constexprs=constexprs), target=TARGET,
-                              options={"num_warps": num_warps, "launch_pdl": True})
+                              options={"num_warps": num_warps, "launch_pdl": True, "enable_fp_fusion": fp_fusion})
     return compiled.asm["ptx"]
 
 
@@ -43,15 +43,20 @@ def main() -> int:
         print("rms_norm: ok")
         from kernels.decode_attention import _decode_kernel
 
-        types = {name: "*bf16" for name in ("q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr")}
+        types = {name: "*bf16" for name in ("q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr", "key_ptr", "value_ptr")}
         types.update(block_tables_ptr="*i32", seq_lens_ptr="*i32", counters_ptr="*i32", mid_out_ptr="*fp32",
-                     mid_lse_ptr="*fp32", qk_scale="fp32")
-        for split in (False, True):
-            ptx = compile_sm90(_decode_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_H=16, BLOCK_N=64,
-                                                           SPLIT=split, BLOCK_S=8 if split else 1, IS_FP32=False,
-                                                           USE_PDL=True))
+                     mid_lse_ptr="*fp32", positions_ptr="*i64", slot_mapping_ptr="*i64", cos_sin_ptr="*fp32",
+                     qk_scale="fp32")
+        for rotary, split in ((False, False), (False, True), (True, False), (True, True)):
+            constexprs = dict(GROUP=4, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_H=16, BLOCK_N=64, SPLIT=split,
+                              BLOCK_S=8 if split else 1, IS_FP32=False, ROTARY=rotary, USE_PDL=True)
+            ptx = compile_sm90(_decode_kernel, types, constexprs, fp_fusion=not rotary)  # as decode_attention_fwd
             before_wait = ptx[:ptx.index("griddepcontrol.wait")]
             assert before_wait.count("ld.global") >= 3, "no block-table and K/V loads before the PDL wait"
+            if rotary:  # the rotation rounds its product and its sum, as rotary_and_write_kv does
+                assert "fma.rn.bf16" not in ptx, "the rotation's product and sum fused into one rounding"
+                fused = compile_sm90(_decode_kernel, types, constexprs, fp_fusion=True)
+                assert "fma.rn.bf16" in fused, "the check above can no longer see the hazard it guards"
         print("decode attention: ok, the first K/V tile loads before the PDL wait")
     except RuntimeError as exc:
         if "ptxas" in str(exc):

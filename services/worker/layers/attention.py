@@ -1,7 +1,8 @@
 """The attention layer: write this step's K/V into the paged cache, then attend over the cache.
 
 Given a `RotaryEmbedding`, the layer also rotates the query and key first, in the same kernel launch
-as the cache write (`kernels.rotary_kv`); the caller then passes unrotated q/k and the positions.
+as the cache write (`kernels.rotary_kv`), or in a decode step inside the attention launch itself
+(`kernels.attention.NewTokens`); the caller passes unrotated q/k and the positions.
 The layer holds no weights. Its `kv_cache` (one `(k_cache, v_cache)` pair, each
 `[num_blocks, block_size, Hkv, D]`) is bound by `kv_cache.bind_kv_cache` after allocation; the
 step's `AttentionMetadata` arrives with every forward call.
@@ -53,7 +54,9 @@ class Attention(nn.Module):
                 metadata: AttentionMetadata, positions: torch.Tensor | None = None) -> torch.Tensor:
         """query `[T, Hq*D]`, key and value `[T, Hkv*D]` -> `[T, Hq*D]`.
 
-        With a `rotary_emb`, `positions [T]` is required, and query and key are rotated in place.
+        With a `rotary_emb`, `positions [T]` is required. Query and key are rotated in place, except
+        in a decode step (one token per sequence), whose attention launch rotates them as it loads
+        them and stores the new K/V itself (`kernels.attention.NewTokens`).
         """
         if self.kv_cache is None:
             raise RuntimeError("attention layer has no KV cache bound (call bind_kv_cache first)")
@@ -61,10 +64,17 @@ class Attention(nn.Module):
         query = query.view(-1, self.num_heads, self.head_dim)  # [T, Hq, D]
         key = key.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         value = value.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        if self.rotary_emb is not None:
+            assert positions is not None, "an attention layer with a rotary_emb needs positions"
+        if metadata.max_query_len == 1 and self.rotary_emb is not None:
+            # A decode step: the attention launch rotates q and k and writes the new K/V itself.
+            new = attention.NewTokens(key, value, positions, metadata.slot_mapping,
+                                      self.rotary_emb.cos_sin_cache, self.rotary_emb.rotary_dim)
+            return self._decode(query, metadata.block_tables, metadata.seq_lens, metadata.max_seq_len,
+                                rotary=new).flatten(1)
         if self.rotary_emb is None:
             write_kv(key, value, k_cache, v_cache, metadata.slot_mapping)
         else:
-            assert positions is not None, "an attention layer with a rotary_emb needs positions"
             rotary_and_write_kv(positions, query, key, value, k_cache, v_cache, metadata.slot_mapping,
                                 self.rotary_emb.cos_sin_cache, self.rotary_emb.rotary_dim)
         if metadata.max_query_len == 1:
@@ -86,11 +96,12 @@ class Attention(nn.Module):
         return out.flatten(1)
 
     def _decode(self, query: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                max_seq_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
+                max_seq_len: int, out: torch.Tensor | None = None,
+                rotary: attention.NewTokens | None = None) -> torch.Tensor:
         k_cache, v_cache = self.kv_cache
         num_splits = self._num_splits(query.shape[0], max_seq_len, query.device)
         return attention.decode_attention(query, k_cache, v_cache, block_tables, seq_lens, self.scale,
-                                          num_splits, out)
+                                          num_splits, out, rotary=rotary)
 
     def _num_splits(self, batch_size: int, max_seq_len: int, device: torch.device) -> int:
         if device.type != "cuda":
