@@ -86,6 +86,37 @@ def test_attention_with_rotary_rotates_as_it_writes_the_cache():
         fused(q.clone(), k.clone(), v, metadata)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_only_batch1_decode_rotates_inside_the_attention_launch(monkeypatch, batch):
+    """A decode step of one sequence hands the unrotated new token to the decode launch
+    (`NewTokens`); larger decode batches rotate and write the cache first (a separate launch,
+    which measured faster from batch 4 on). Both give the rotary layer's result."""
+    from kernels import attention as attention_kernels
+    from services.worker.layers import attention as attention_layer
+
+    seen = []
+    original = attention_kernels.decode_attention
+    monkeypatch.setattr(attention_kernels, "decode_attention",
+                        lambda *a, rotary=None, **k: seen.append(rotary) or original(*a, rotary=rotary, **k))
+    rope = get_rope(16, 1.0, 64, 10000.0, None)
+    positions, slots = torch.tensor([5, 2][:batch]), torch.tensor([5, 10][:batch])
+    metadata = AttentionMetadata(slot_mapping=slots, query_start_loc=torch.arange(batch + 1, dtype=torch.int32),
+                                 seq_lens=torch.tensor([6, 3][:batch], dtype=torch.int32),
+                                 block_tables=torch.tensor([[1, 0], [2, 0]][:batch], dtype=torch.int32),
+                                 max_query_len=1, max_seq_len=6)
+    q, k, v = torch.randn(batch, 4 * 16), torch.randn(batch, 2 * 16), torch.randn(batch, 2 * 16)
+    cache = torch.randn(2, 3, 4, 2, 16).unbind(0)
+    fused, unfused = Attention(4, 2, 16, 0.25, rotary_emb=rope), Attention(4, 2, 16, 0.25)
+    fused.kv_cache = tuple(c.clone() for c in cache)
+    unfused.kv_cache = tuple(c.clone() for c in cache)
+    out = fused(q.clone(), k.clone(), v, metadata, positions)
+    assert (seen[0] is not None) == (batch <= attention_layer.ROTARY_IN_DECODE_MAX_BATCH == 1), seen
+    want_q, want_k = rope(positions, q.clone(), k.clone())
+    seen.clear()
+    torch.testing.assert_close(out, unfused(want_q, want_k, v, metadata), rtol=1e-6, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused.kv_cache, unfused.kv_cache, strict=True))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rmsnorm_matches_hf_and_fuses_the_residual(dtype):
     ours = RMSNorm(64, eps=1e-5)

@@ -1,7 +1,7 @@
 """The attention layer: write this step's K/V into the paged cache, then attend over the cache.
 
 Given a `RotaryEmbedding`, the layer also rotates the query and key first, in the same kernel launch
-as the cache write (`kernels.rotary_kv`), or in a decode step inside the attention launch itself
+as the cache write (`kernels.rotary_kv`), or at batch 1 inside the decode-attention launch itself
 (`kernels.attention.NewTokens`); the caller passes unrotated q/k and the positions.
 The layer holds no weights. Its `kv_cache` (one `(k_cache, v_cache)` pair, each
 `[num_blocks, block_size, Hkv, D]`) is bound by `kv_cache.bind_kv_cache` after allocation; the
@@ -18,6 +18,12 @@ from kernels import attention
 from kernels.kv_write import write_kv
 from kernels.rotary_kv import rotary_and_write_kv
 from services.worker.layers.rotary import RotaryEmbedding
+
+# Decode steps up to this batch size rotate and write the new K/V inside the attention launch. On the
+# H200 (Llama-3-8B shape, 1k context) that saves a launch at batch 1 (graph 4.006 vs 4.026 ms) but
+# costs from batch 4 on (4.873 vs 4.802 ms; at 512 x 1.5k, 39.7 vs 35.6 ms): the rotary launch
+# compiles without FP fusion (see kernels/decode_attention.py), which slows the attention math.
+ROTARY_IN_DECODE_MAX_BATCH = 1
 
 
 @dataclass
@@ -55,8 +61,8 @@ class Attention(nn.Module):
         """query `[T, Hq*D]`, key and value `[T, Hkv*D]` -> `[T, Hq*D]`.
 
         With a `rotary_emb`, `positions [T]` is required. Query and key are rotated in place, except
-        in a decode step (one token per sequence), whose attention launch rotates them as it loads
-        them and stores the new K/V itself (`kernels.attention.NewTokens`).
+        in a batch-1 decode step, whose attention launch rotates them as it loads them and stores
+        the new K/V itself (`kernels.attention.NewTokens`, `ROTARY_IN_DECODE_MAX_BATCH`).
         """
         if self.kv_cache is None:
             raise RuntimeError("attention layer has no KV cache bound (call bind_kv_cache first)")
@@ -66,8 +72,8 @@ class Attention(nn.Module):
         value = value.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.rotary_emb is not None:
             assert positions is not None, "an attention layer with a rotary_emb needs positions"
-        if metadata.max_query_len == 1 and self.rotary_emb is not None:
-            # A decode step: the attention launch rotates q and k and writes the new K/V itself.
+        if metadata.max_query_len == 1 and self.rotary_emb is not None and query.shape[0] <= ROTARY_IN_DECODE_MAX_BATCH:
+            # A batch-1 decode step: the attention launch rotates q and k and writes the new K/V itself.
             new = attention.NewTokens(key, value, positions, metadata.slot_mapping,
                                       self.rotary_emb.cos_sin_cache, self.rotary_emb.rotary_dim)
             return self._decode(query, metadata.block_tables, metadata.seq_lens, metadata.max_seq_len,
