@@ -8,8 +8,10 @@ kernel replaced by a no-op and times 100 replays of each:
 - `norm`: every RMSNorm returns its input (and the residual unchanged): no norm kernels;
 - `attention`: every attention layer returns its query: no rotary, KV-write or attention kernels;
 - `norm+attention`: what is left is the GEMV chain (plus the embedding and the argmax);
-- `rotary`: no rotary embedding and KV-cache write (the attention kernel still runs);
-- `decode`: no decode-attention kernel (the rotary and KV write still run);
+- `rotary`: no separate rotary + KV-write kernel (the attention kernel still runs). A batch-1
+  decode step does both inside its attention launch (`ROTARY_IN_DECODE_MAX_BATCH`), so this
+  leaves out nothing there;
+- `decode`: no decode-attention kernel (at batch 1 that includes the rotary and KV write);
 - `splits=N`: the decode attention split over N pieces of the context (served: by `choose_num_splits`);
 - `decode-config=BLOCK_N,WARPS,STAGES`: the decode-attention tile configuration for bf16, head dim 128;
 - `norm-warps=N`: the RMSNorm kernel with N warps (served: one per 512 channels);
