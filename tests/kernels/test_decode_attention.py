@@ -105,17 +105,22 @@ def test_decode_consecutive_calls_share_workspace(num_splits):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_decode_merges_splits_in_several_chunks(dtype):
-    """16 query heads on one KV head read 4 splits per merge chunk, so 16 active splits merge in 4
-    chunks, each rescaled to the running maximum. The keys of the last split score highest, so the
-    maximum moves between chunks."""
-    num_heads, num_kv_heads, head_dim = 16, 1, 16
-    batch = build_paged_batch([250, 37], [1, 1], num_heads, num_kv_heads, head_dim, 4, dtype, seed=11)
+@pytest.mark.parametrize("num_heads,num_kv_heads,num_splits,seq_len", [(16, 1, 16, 250), (6, 2, 32, 500)],
+                         ids=["group16-4chunks", "group3-2chunks"])
+def test_decode_merges_splits_in_several_chunks(dtype, num_heads, num_kv_heads, num_splits, seq_len):
+    """The merger reads 64 // next_power_of_2(group) splits per chunk: 16 query heads on one KV
+    head merge 16 active splits in 4 chunks, a group of 3 (padded to 4) 32 splits in 2, each chunk
+    rescaled to the running maximum. The keys of the last split score highest, so the maximum
+    moves between chunks."""
+    head_dim = 16
+    batch = build_paged_batch([seq_len, 37], [1, 1], num_heads, num_kv_heads, head_dim, 4, dtype, seed=11)
     batch.k_cache.mul_(0.5)
-    last_blocks = batch.block_tables[0, 240 // 4:]
-    batch.k_cache[last_blocks] = batch.query[0].mean(0).to(dtype) * 4  # the newest positions attend strongly
-    workspace = alloc_workspace(2, num_heads, num_kv_heads, head_dim, 16, torch.device(DEVICE))
-    out = run_decode(batch, 0.25, 16, SMALL_CONFIG, workspace=workspace)
+    last_blocks = batch.block_tables[0, (seq_len - 10) // 4:-(-seq_len // 4)]
+    group = num_heads // num_kv_heads
+    newest = batch.query[0].view(num_kv_heads, group, head_dim).mean(1)  # [Hkv, D]
+    batch.k_cache[last_blocks] = (newest * 4).to(dtype)  # the newest positions attend strongly
+    workspace = alloc_workspace(2, num_heads, num_kv_heads, head_dim, num_splits, torch.device(DEVICE))
+    out = run_decode(batch, 0.25, num_splits, SMALL_CONFIG, workspace=workspace)
     assert_attention_close(out, reference(batch, 0.25))
     assert torch.equal(workspace[2], torch.zeros_like(workspace[2])), workspace[2]
 
