@@ -18,6 +18,9 @@ kernel replaced by a no-op and times 100 replays of each:
 - `gemv=N:K:BLOCK_N,BLOCK_K,WARPS`: the GEMV tiles of the `[N, K]` weights (served: `pick_config`);
 - `no-pdl`: the served step with programmatic dependent launch off (`SLUICE_PDL=0`).
 
+Parts joined by `+` apply together (`splits=2+decode-config=128,8,1`); an unknown or malformed name
+is an error before the model is built.
+
 The outputs of an ablated step are wrong; only its time means something. The difference to `none`
 is what that kind of kernel costs on the step's critical path (under PDL, kernel sums overlap and
 cannot say this). Needs a CUDA GPU.
@@ -58,38 +61,55 @@ def _skip_decode(self, query, *args, **kwargs):
 
 
 def _patches(name: str) -> contextlib.ExitStack:
+    """The patches of an ablation name: parts joined by `+`, each one of the module docstring's."""
     stack = contextlib.ExitStack()
-    if "norm" in name.split("+"):
+    try:
+        for part in name.split("+"):
+            _patch(stack, part)
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _patch(stack: contextlib.ExitStack, part: str) -> None:
+    key, _, value = part.partition("=")
+    if part == "none":
+        return
+    if part == "norm":
         stack.enter_context(mock.patch.object(norm_layer, "rms_norm", _skip_norm))
-    if "attention" in name.split("+"):
+    elif part == "attention":
         stack.enter_context(mock.patch.object(attention_layer.Attention, "forward", _skip_attention))
-    if "rotary" in name.split("+"):
+    elif part == "rotary":
         stack.enter_context(mock.patch.object(attention_layer, "rotary_and_write_kv", _skip_rotary))
-    if "decode" in name.split("+"):
+    elif part == "decode":
         stack.enter_context(mock.patch.object(attention_layer.Attention, "_decode", _skip_decode))
-    if name.startswith("splits="):
-        splits = int(name.removeprefix("splits="))
+    elif part == "no-pdl":
+        stack.enter_context(mock.patch.dict(os.environ, {"SLUICE_PDL": "0"}))
+    elif key == "splits":
+        splits = int(value)
         stack.enter_context(mock.patch.object(attention, "choose_num_splits", lambda *args: splits))
-    if name.startswith("decode-config="):
-        config = tuple(int(v) for v in name.removeprefix("decode-config=").split(","))
+    elif key == "decode-config":
+        config = tuple(int(v) for v in value.split(","))
+        if len(config) != 3:
+            raise ValueError(f"{part!r}: decode-config=BLOCK_N,WARPS,STAGES")
         stack.enter_context(mock.patch.dict(decode_attention._CONFIGS, {(128, False): config}))
-    if name.startswith("norm-warps="):
+    elif key == "norm-warps":
         from kernels import elementwise_triton
 
-        warps = int(name.removeprefix("norm-warps="))
         stack.enter_context(mock.patch.object(elementwise_triton, "rms_norm_triton",
-                                              functools.partial(elementwise_triton.rms_norm_triton, num_warps=warps)))
-    if name.startswith("gemv="):
+                                              functools.partial(elementwise_triton.rms_norm_triton,
+                                                                num_warps=int(value))))
+    elif key == "gemv":
         from kernels import gemv_triton
 
-        shape, config = name.removeprefix("gemv=").split(":")[:2], name.split(":")[2]
-        override = {tuple(int(v) for v in shape): tuple(int(v) for v in config.split(","))}
+        n, k, config = value.split(":")
+        override = {(int(n), int(k)): tuple(int(v) for v in config.split(","))}
         served = gemv_triton.pick_config
         stack.enter_context(mock.patch.object(gemv_triton, "pick_config",
                                               lambda n, k: override.get((n, k)) or served(n, k)))
-    if name == "no-pdl":
-        stack.enter_context(mock.patch.dict(os.environ, {"SLUICE_PDL": "0"}))
-    return stack
+    else:
+        raise ValueError(f"unknown ablation {part!r} (see `python -m benchmarks.ablate_decode --help`)")
 
 
 def graph_ms(runner: ModelRunner, context: int) -> float:
@@ -106,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model")
     parser.add_argument("--context", type=int, default=384)
     parser.add_argument("--ablations", nargs="+", default=["none", "norm", "attention", "norm+attention", "no-pdl"],
-                        help="none, norm, attention, rotary, decode (joined by +), no-pdl, splits=N, "
-                             "decode-config=BLOCK_N,WARPS,STAGES, norm-warps=N, gemv=N:K:BLOCK_N,BLOCK_K,WARPS")
+                        help="none, norm, attention, rotary, decode, no-pdl, splits=N, "
+                             "decode-config=BLOCK_N,WARPS,STAGES, norm-warps=N, gemv=N:K:BLOCK_N,BLOCK_K,WARPS; "
+                             "parts joined by + apply together")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    for name in args.ablations:  # a malformed name fails now, not after the model is built
+        _patches(name).close()
 
     runner = ModelRunner(WorkerConfig(model=args.model, load_format="dummy", dtype="bfloat16", max_model_len=4096,
                                       gpu_memory_utilization=0.85, max_graph_batch_size=1,
