@@ -46,6 +46,7 @@ import triton.language as tl
 
 from kernels import pdl
 from kernels.attention import NewTokens
+from kernels.elementwise_triton import _load_cos_sin, rotated
 from kernels.extend_attention import _online_softmax_step, _scores
 from kernels.paged_checks import check_paged_inputs
 
@@ -318,28 +319,20 @@ def _decode_kernel(
 @triton.jit
 def _rotation(positions_ptr, cos_sin_ptr, seq, half_rotary, offs_d, dtype: tl.constexpr):
     """Per channel d of a head: its rotation partner (d + R/2 or d - R/2 inside the rotary_dim R,
-    itself beyond), and cos and sin at the sequence's position as float32 holding values rounded to
-    `dtype`, sin negated on the first half (`kernels/elementwise_triton.py`'s `_load_cos_sin`)."""
-    position = tl.load(positions_ptr + seq)
+    itself beyond), and cos and sin at the sequence's position (`_load_cos_sin`), sin negated on
+    the first half."""
     first, second = offs_d < half_rotary, (offs_d >= half_rotary) & (offs_d < 2 * half_rotary)
     pair = tl.where(first, offs_d, offs_d - half_rotary)  # index into the cos (and the sin) half
     partner = tl.where(first, offs_d + half_rotary, tl.where(second, offs_d - half_rotary, offs_d))
-    rotated = first | second
-    row = cos_sin_ptr + position * (2 * half_rotary)
-    cos = tl.load(row + pair, mask=rotated, other=1.0).to(dtype).to(tl.float32)
-    sin = tl.load(row + half_rotary + pair, mask=rotated, other=0.0).to(dtype).to(tl.float32)
+    cos, sin = _load_cos_sin(positions_ptr, cos_sin_ptr, seq, half_rotary, pair, first | second, dtype)
     return partner, cos, tl.where(first, -sin, sin)
 
 
 @triton.jit
 def _rotate(x, x_partner, cos, sin_signed, half_rotary, offs_d):
-    """Rotary embedding of `x [..., D]` given its partner channels: x * cos -/+ partner * sin, each
-    product and the sum rounded to x's dtype as `_rotate_heads` rounds them; channels past the
+    """Rotary embedding of `x [..., D]` given its partner channels (`rotated`); channels past the
     rotary_dim unchanged."""
-    dtype = x.dtype
-    product = (x.to(tl.float32) * cos).to(dtype).to(tl.float32)
-    cross = (x_partner.to(tl.float32) * sin_signed).to(dtype).to(tl.float32)
-    return tl.where(offs_d < 2 * half_rotary, (product + cross).to(dtype), x)
+    return tl.where(offs_d < 2 * half_rotary, rotated(x, x_partner, cos, sin_signed), x)
 
 
 @triton.jit

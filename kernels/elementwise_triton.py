@@ -134,6 +134,18 @@ def _load_cos_sin(positions_ptr, cos_sin_ptr, token, half_rotary, pairs, pair_ma
 
 
 @triton.jit
+def rotated(x, partner, cos, sin_signed):
+    """`x * cos + partner * sin_signed` in x's dtype: each product, then the sum, rounded to it, as
+    the torch layer's eager ops round them (`cos`, `sin_signed` float32 holding values rounded to
+    that dtype). Negating sin first changes no rounding. Launches compile without FP fusion, which
+    would fuse a product and the sum into one FMA rounded once."""
+    dtype = x.dtype
+    product = (x.to(tl.float32) * cos).to(dtype).to(tl.float32)
+    cross = (partner.to(tl.float32) * sin_signed).to(dtype).to(tl.float32)
+    return (product + cross).to(dtype)
+
+
+@triton.jit
 def _rotate_heads(x_ptr, head_stride, num_heads, half_rotary, cos, sin, pairs, pair_mask,
                   copy_ptr, copy_head_stride, num_copy_heads, BLOCK_HEADS: tl.constexpr, COPY: tl.constexpr):
     """Rotate heads `[0, num_heads)` of the token at `x_ptr`, `BLOCK_HEADS` at a time, in place.
@@ -143,16 +155,15 @@ def _rotate_heads(x_ptr, head_stride, num_heads, half_rotary, cos, sin, pairs, p
     With `COPY`, the rotated channels of heads `[0, num_copy_heads)` are also stored at `copy_ptr`
     (head stride `copy_head_stride`); the channels past `rotary_dim` are not copied.
     """
-    dtype = x_ptr.dtype.element_ty
     for head_start in range(0, num_heads, BLOCK_HEADS):
         heads = head_start + tl.arange(0, BLOCK_HEADS)[:, None]  # [BLOCK_HEADS, 1]
         mask = (heads < num_heads) & pair_mask
         ptr1 = x_ptr + heads * head_stride + pairs
         ptr2 = ptr1 + half_rotary
-        x1 = tl.load(ptr1, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(ptr2, mask=mask, other=0.0).to(tl.float32)
-        out1 = ((x1 * cos).to(dtype).to(tl.float32) - (x2 * sin).to(dtype).to(tl.float32)).to(dtype)
-        out2 = ((x2 * cos).to(dtype).to(tl.float32) + (x1 * sin).to(dtype).to(tl.float32)).to(dtype)
+        x1 = tl.load(ptr1, mask=mask, other=0.0)
+        x2 = tl.load(ptr2, mask=mask, other=0.0)
+        out1 = rotated(x1, x2, cos, -sin)
+        out2 = rotated(x2, x1, cos, sin)
         tl.store(ptr1, out1, mask=mask)
         tl.store(ptr2, out2, mask=mask)
         if COPY:
