@@ -15,7 +15,8 @@ kernel replaced by a no-op and times 100 replays of each:
 - `splits=N`: the decode attention split over N pieces of the context (served: by `choose_num_splits`);
 - `decode-config=BLOCK_N,WARPS,STAGES`: the decode-attention tile configuration for bf16, head dim 128;
 - `norm-warps=N`: the RMSNorm kernel with N warps (served: one per 512 channels);
-- `gemv=N:K:BLOCK_N,BLOCK_K,WARPS`: the GEMV tiles of the `[N, K]` weights (served: `pick_config`);
+- `gemv=N:K:BLOCK_N,BLOCK_K,WARPS,STAGES`: the GEMV tiles of the `[N, K]` weights, STAGES 1 for
+  register tiles, 2+ for the shared-memory pipeline (served: `pick_config`);
 - `no-pdl`: the served step with programmatic dependent launch off (`SLUICE_PDL=0`).
 
 Parts joined by `+` apply together (`splits=2+decode-config=128,8,1`); an unknown or malformed name
@@ -105,9 +106,11 @@ def _patch(stack: contextlib.ExitStack, part: str) -> None:
 
         n, k, config = value.split(":")
         override = {(int(n), int(k)): tuple(int(v) for v in config.split(","))}
+        if any(len(c) != 4 for c in override.values()):
+            raise ValueError(f"{part!r}: gemv=N:K:BLOCK_N,BLOCK_K,WARPS,STAGES")
         served = gemv_triton.pick_config
-        stack.enter_context(mock.patch.object(gemv_triton, "pick_config",
-                                              lambda n, k: override.get((n, k)) or served(n, k)))
+        stack.enter_context(mock.patch.object(
+            gemv_triton, "pick_config", lambda n, k, gated=False: override.get((n, k)) or served(n, k, gated)))
     else:
         raise ValueError(f"unknown ablation {part!r} (see `python -m benchmarks.ablate_decode --help`)")
 
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=384)
     parser.add_argument("--ablations", nargs="+", default=["none", "norm", "attention", "norm+attention", "no-pdl"],
                         help="none, norm, attention, rotary, decode, no-pdl, splits=N, "
-                             "decode-config=BLOCK_N,WARPS,STAGES, norm-warps=N, gemv=N:K:BLOCK_N,BLOCK_K,WARPS; "
+                             "decode-config=BLOCK_N,WARPS,STAGES, norm-warps=N, gemv=N:K:BLOCK_N,BLOCK_K,WARPS,STAGES; "
                              "parts joined by + apply together")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

@@ -10,7 +10,10 @@ over enough weight copies to exceed 4x L2, as the decode graph reads each layer'
 - cuBLAS: `F.linear` (for down: the `silu_and_mul` kernel, then `F.linear`), as the model ran before;
 - Triton with the configuration `pick_config` chooses, with programmatic dependent launch (each call
   overlaps the end of the one before, as the layers of a decode graph do) and without (`SLUICE_PDL=0`);
-- unless `--no-sweep`, every configuration of a grid of (BLOCK_N, BLOCK_K, num_warps), with PDL.
+- unless `--no-sweep`, every configuration of a grid of (BLOCK_N, BLOCK_K, num_warps, STAGES), with PDL.
+
+A tile that is fastest alone need not be fastest inside the decode graph, where each GEMV overlaps
+the norm or attention kernel before it: confirm a choice with `benchmarks.ablate_decode`'s `gemv=`.
 
 GB/s = (W + x + y bytes) / time; `pct_of_copy` compares it with the device-to-device copy bandwidth
 (read + write), the ceiling a streaming kernel can reach. Prints a table; `--out` writes JSON.
@@ -32,7 +35,7 @@ from kernels.gemv_triton import gemv_triton, pick_config
 DTYPE = torch.bfloat16
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "gate_up": (28672, 4096, False),
           "down": (4096, 14336, True), "lm_head": (128256, 4096, False)}
-SWEEP = list(itertools.product((2, 4, 8, 16), (256, 512, 1024), (2, 4, 8)))
+SWEEP = list(itertools.product((2, 4, 8, 16), (512, 1024, 2048), (4, 8), (1, 2)))
 
 
 def weight_copies(n: int, k: int) -> list[torch.Tensor]:
@@ -55,7 +58,7 @@ def shape_row(name: str, sweep: bool) -> dict:
     want = cublas(weights[0])
     moved = n * k * 2 + x.numel() * 2 + n * 2
     row = {"shape": name, "n": n, "k": k, "gated": gated, "cublas_us": time_us(cublas, weights)}
-    default = pick_config(n, k)
+    default = pick_config(n, k, gated)
     os.environ["SLUICE_PDL"] = "0"  # read at every launch
     row["no_pdl_us"] = time_us(lambda w: gemv_triton(x, w, None, gated), weights)
     os.environ["SLUICE_PDL"] = "1"

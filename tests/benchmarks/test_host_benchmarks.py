@@ -94,14 +94,14 @@ def test_ablation_patches_apply_inside_and_undo_outside():
     from kernels import gemv_triton
 
     served_gemv = gemv_triton.pick_config(6144, 4096)
-    with ablate_decode._patches("gemv=4096:4096:16,256,2"):
-        assert gemv_triton.pick_config(4096, 4096) == (16, 256, 2)
+    with ablate_decode._patches("gemv=4096:4096:16,256,2,3"):
+        assert gemv_triton.pick_config(4096, 4096) == (16, 256, 2, 3)
         assert gemv_triton.pick_config(6144, 4096) == served_gemv  # other shapes keep their tiles
-    assert gemv_triton.pick_config(4096, 4096) != (16, 256, 2)
+    assert gemv_triton.pick_config(4096, 4096) != (16, 256, 2, 3)
     with ablate_decode._patches("splits=1+decode-config=256,16,1"):  # any parts combine
         assert ablate_decode.attention.choose_num_splits(1, 8, 4096, 132) == 1
         assert decode_attention._CONFIGS[128, False] == (256, 16, 1)
-    for bad in ("norn", "norm+decod", "decode-config=64,4", "gemv=4096:4096"):
+    for bad in ("norn", "norm+decod", "decode-config=64,4", "gemv=4096:4096", "gemv=4096:4096:16,256,2"):
         with pytest.raises(ValueError):
             ablate_decode._patches(bad)
     with pytest.raises(ValueError, match="unknown ablation"):  # before any model is built

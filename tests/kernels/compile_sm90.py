@@ -13,12 +13,17 @@ from triton.compiler import ASTSource
 TARGET = GPUTarget("cuda", 90, 32)
 
 
-def compile_sm90(kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4, fp_fusion: bool = True) -> str:
-    """PTX of `kernel`; parameters are constexpr when upper case, else their `types` entry (i32)."""
-    names = inspect.signature(kernel.fn).parameters
+def compile_sm90(kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4, fp_fusion: bool = True,
+                 num_stages: int = 3, aligned: tuple[str, ...] = ()) -> str:
+    """PTX of `kernel`; parameters are constexpr when upper case, else their `types` entry (i32).
+    Pointers and the integers named in `aligned` are declared divisible by 16, as the launcher
+    specialises them for aligned tensors and sizes (without it no load is wide enough for cp.async)."""
+    names = list(inspect.signature(kernel.fn).parameters)
     sig = {n: "constexpr" if n.isupper() else types.get(n, "i32") for n in names}
-    compiled = triton.compile(ASTSource(kernel, sig, constexprs=constexprs), target=TARGET,
-                              options={"num_warps": num_warps, "launch_pdl": True, "enable_fp_fusion": fp_fusion})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if sig[n].startswith("*") or n in aligned}
+    compiled = triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs), target=TARGET,
+                              options={"num_warps": num_warps, "num_stages": num_stages, "launch_pdl": True,
+                                       "enable_fp_fusion": fp_fusion})
     return compiled.asm["ptx"]
 
 
@@ -34,10 +39,13 @@ def main() -> int:
         compile_sm90(_merge_kernel, {"partial_ptr": "*i64", "out_ptr": "*i64"}, {"BLOCK": 64, "USE_PDL": True}, 1)
         print("argmax: ok")
         for gated in (False, True):
-            ptx = compile_sm90(_gemv_kernel, dict.fromkeys(("x_ptr", "w_ptr", "bias_ptr", "y_ptr"), "*bf16"),
-                               dict(BLOCK_N=4, BLOCK_K=1024, EVEN_K=True, HAS_BIAS=False, GATED=gated, USE_PDL=True))
-            assert ptx.index("ld.global") < ptx.index("griddepcontrol.wait"), "no weight load before the PDL wait"
-        print("gemv: ok, a weight tile loads before the PDL wait")
+            for block_n, block_k, stages in ((4, 1024, 1), (2, 2048, 2)):
+                ptx = compile_sm90(_gemv_kernel, dict.fromkeys(("x_ptr", "w_ptr", "bias_ptr", "y_ptr"), "*bf16"),
+                                   dict(BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=True, HAS_BIAS=False, GATED=gated,
+                                        STAGES=stages, USE_PDL=True), num_stages=stages, aligned=("n", "k", "x_row_stride"))
+                assert ptx.index("ld.global") < ptx.index("griddepcontrol.wait"), "no weight load before the PDL wait"
+                assert ("cp.async" in ptx) == (stages > 1), f"STAGES={stages}: shared-memory pipeline or not"
+        print("gemv: ok, a weight tile loads before the PDL wait; STAGES > 1 streams the rest through cp.async")
         ptrs = dict.fromkeys(("x_ptr", "residual_ptr", "weight_ptr", "out_ptr", "new_residual_ptr"), "*bf16")
         compile_sm90(_rms_norm_kernel, {**ptrs, "eps": "fp32"}, dict(HAS_RESIDUAL=True, BLOCK=4096, USE_PDL=True), 8)
         print("rms_norm: ok")

@@ -46,14 +46,29 @@ def test_matches_reference(dtype, rows, n, k, gated, bias):
     assert_close(gemv_triton(x, weight, b, gated), gemv._torch_impl(x, weight, b, gated))
 
 
-@pytest.mark.parametrize("config", [(8, 128, 4), (32, 64, 2), (4, 256, 8)])
-@pytest.mark.parametrize("k", [512, 330])  # 2 to 8 K tiles, evenly and not
-def test_every_config_computes_the_same_product(config, k):
-    """The tuned configurations change only the tiling, never the result beyond summation order."""
+@pytest.mark.parametrize("config", [(8, 128, 4, 1), (32, 64, 2, 1), (4, 256, 8, 1),  # register tiles
+                                    (2, 128, 4, 2), (8, 64, 2, 3), (2, 512, 4, 2)])  # shared-memory pipeline
+@pytest.mark.parametrize("k", [512, 330])  # 1 to 8 K tiles, evenly and not
+@pytest.mark.parametrize("gated", [False, True])
+def test_every_config_computes_the_same_product(config, k, gated):
+    """The tuned configurations change only the tiling and how tiles are staged, never the result
+    beyond summation order."""
     from kernels.gemv_triton import gemv_triton
 
-    x, weight, b = make_case(3, 50, k, torch.float32, gated=True, bias=True)
-    assert_close(gemv_triton(x, weight, b, True, config=config), gemv._torch_impl(x, weight, b, True))
+    x, weight, b = make_case(3, 50, k, torch.float32, gated=gated, bias=True)
+    assert_close(gemv_triton(x, weight, b, gated, config=config), gemv._torch_impl(x, weight, b, gated))
+
+
+@pytest.mark.parametrize("n,k,gated", [(6144, 4096, False), (4096, 14336, True), (5120, 5120, False),
+                                       (13824, 5120, True), (40, 48, False)])
+def test_pick_config_tiles(n, k, gated):
+    """Plain products take the shared-memory pipeline, gated ones register tiles; a K tile never
+    exceeds K rounded up to a power of two, and the stages fit what the path means."""
+    from kernels.gemv_triton import pick_config
+
+    block_n, block_k, num_warps, stages = pick_config(n, k, gated)
+    assert (stages == 1) == gated and block_n in (2, 4, 8) and num_warps in (4, 8)
+    assert block_k & (block_k - 1) == 0 and block_k <= max(16, 2 * k)
 
 
 def test_no_rows():
