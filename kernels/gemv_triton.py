@@ -28,19 +28,21 @@ from kernels import pdl
 
 
 def pick_config(n: int, k: int, gated: bool = False) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, STAGES) for an `[n, k]` weight, chosen inside the H200's batch-1
-    decode graph at the Llama-3-8B shapes (`benchmarks/results/2026-11-29-session8`). Plain products
-    (qkv, o, gate_up, LM head): 2 features per program and 2048-wide K tiles through the shared-memory
-    pipeline, 4 warps, so each program asks for all of its first 8 KB at once and many programs are in
-    flight (3.80 against 3.96 ms per step with the register tiles below). Gated products (the down
-    projection, which computes SiLU-and-mul as it loads x) keep register tiles: the pipeline made
-    them slower (a second x stream through shared memory). Up to 4096 outputs 8 features and 8
-    warps, wider weights 4 features and 4 warps, K tiles of up to 512 / 1024."""
+    """(BLOCK_N, BLOCK_K, num_warps, STAGES) for an `[n, k]` weight, chosen on the H200 inside the
+    batch-1 decode graph replayed for seconds, as serving runs it: under that load the GPU sits at
+    its 700 W power cap and lowers its clocks, so a tile that is fastest for a moment after idling can
+    lose (`benchmarks/results/2026-11-29-session8`). Plain products (qkv, o, gate_up, LM head): 4
+    features per program, 1024-wide K tiles, 4 warps, the later tiles through the shared-memory
+    pipeline: 3.93-3.95 against 4.03 ms per step with register tiles (2 x 2048 tiles: 3.86 ms
+    after idling, 4.01 sustained). Gated products (the down projection, which computes SiLU-and-mul
+    as it loads x) keep register tiles, 8 features and 8 warps up to 4096 outputs: every pipelined
+    tile tried was slower (x then streams through shared memory as well)."""
+    block_k = 1024 if k % 1024 == 0 else min(512, triton.next_power_of_2(k))
     if not gated:
-        return 2, min(2048, triton.next_power_of_2(k)), 4, 2
+        return 4, block_k, 4, 2
     if n <= 4096:
         return 8, min(512, triton.next_power_of_2(k)), 8, 1
-    return 4, (1024 if k % 1024 == 0 else min(512, triton.next_power_of_2(k))), 4, 1
+    return 4, block_k, 4, 1
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gated: bool,
@@ -73,11 +75,15 @@ def _load_x(x_row, cols, mask, k, GATED: tl.constexpr):
 
 
 @triton.jit
-def _load_w(w_ptrs, feature_mask, cols, k, EVEN_K: tl.constexpr):
-    """One `[BLOCK_N, BLOCK_K]` weight tile; without a K mask when K divides evenly (16-byte loads)."""
+def _load_w(w_ptr, features, feature_mask, start, cols, k, EVEN_K: tl.constexpr):
+    """The `[BLOCK_N, BLOCK_K]` weight tile at K offset `start`; without a K mask when K divides evenly
+    (16-byte loads). The addresses are formed here, at each use: with 2 x 2048 tiles a pointer tile
+    kept live across the pipelined loop cost 16 registers a thread (72 against 56), room for 7
+    instead of 9 programs of 4 warps per SM, and the batch-1 step 4.07 against 3.83 ms."""
+    w_ptrs = w_ptr + features[:, None].to(tl.int64) * k + start + cols[None, :]
     if EVEN_K:
         return tl.load(w_ptrs, mask=feature_mask[:, None], other=0.0, eviction_policy="evict_first")
-    return tl.load(w_ptrs, mask=feature_mask[:, None] & (cols < k)[None, :], other=0.0,
+    return tl.load(w_ptrs, mask=feature_mask[:, None] & (start + cols < k)[None, :], other=0.0,
                    eviction_policy="evict_first")
 
 
@@ -90,22 +96,21 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, n, k, x_row_stride,
     features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # output columns this program owns
     cols = tl.arange(0, BLOCK_K)
     feature_mask = features < n
-    w_ptrs = w_ptr + features[:, None].to(tl.int64) * k + cols[None, :]  # [BLOCK_N, BLOCK_K]
-    w = _load_w(w_ptrs, feature_mask, cols, k, EVEN_K)  # weights: readable before the previous kernel ends
+    w = _load_w(w_ptr, features, feature_mask, 0, cols, k, EVEN_K)  # weights: readable before the previous kernel ends
     pdl.wait_previous(USE_PDL)
     x_row = x_ptr + row * x_row_stride
     if STAGES == 1:  # later tiles in registers, one ahead
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         last = tl.cdiv(k, BLOCK_K) * BLOCK_K - BLOCK_K  # start of the last tile
         for start in range(0, last, BLOCK_K):
-            w_next = _load_w(w_ptrs + start + BLOCK_K, feature_mask, start + BLOCK_K + cols, k, EVEN_K)  # a tile ahead
+            w_next = _load_w(w_ptr, features, feature_mask, start + BLOCK_K, cols, k, EVEN_K)  # a tile ahead
             acc += w.to(tl.float32) * _load_x(x_row, start + cols, start + cols < k, k, GATED)[None, :]
             w = w_next
         acc += w.to(tl.float32) * _load_x(x_row, last + cols, last + cols < k, k, GATED)[None, :]
     else:  # later tiles through Triton's shared-memory pipeline, STAGES - 1 in flight
         acc = w.to(tl.float32) * _load_x(x_row, cols, cols < k, k, GATED)[None, :]
         for start in tl.range(BLOCK_K, k, BLOCK_K, num_stages=STAGES):
-            tile = _load_w(w_ptrs + start, feature_mask, start + cols, k, EVEN_K)
+            tile = _load_w(w_ptr, features, feature_mask, start, cols, k, EVEN_K)
             acc += tile.to(tl.float32) * _load_x(x_row, start + cols, start + cols < k, k, GATED)[None, :]
     result = tl.sum(acc, axis=1)  # [BLOCK_N]
     if HAS_BIAS:

@@ -39,7 +39,7 @@ def main() -> int:
         compile_sm90(_merge_kernel, {"partial_ptr": "*i64", "out_ptr": "*i64"}, {"BLOCK": 64, "USE_PDL": True}, 1)
         print("argmax: ok")
         for gated in (False, True):
-            for block_n, block_k, stages in ((4, 1024, 1), (2, 2048, 2)):
+            for block_n, block_k, stages in ((8, 512, 1), (4, 1024, 2)):
                 ptx = compile_sm90(_gemv_kernel, dict.fromkeys(("x_ptr", "w_ptr", "bias_ptr", "y_ptr"), "*bf16"),
                                    dict(BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=True, HAS_BIAS=False, GATED=gated,
                                         STAGES=stages, USE_PDL=True), num_stages=stages, aligned=("n", "k", "x_row_stride"))
