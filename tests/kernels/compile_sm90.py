@@ -42,7 +42,8 @@ def main() -> int:
             for block_n, block_k, stages in ((8, 512, 1), (4, 1024, 2)):
                 ptx = compile_sm90(_gemv_kernel, dict.fromkeys(("x_ptr", "w_ptr", "bias_ptr", "y_ptr"), "*bf16"),
                                    dict(BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=True, HAS_BIAS=False, GATED=gated,
-                                        STAGES=stages, USE_PDL=True), num_stages=stages, aligned=("n", "k", "x_row_stride"))
+                                        STAGES=stages, USE_PDL=True),
+                                   num_stages=stages, aligned=("n", "k", "x_row_stride"))
                 assert ptx.index("ld.global") < ptx.index("griddepcontrol.wait"), "no weight load before the PDL wait"
                 assert ("cp.async" in ptx) == (stages > 1), f"STAGES={stages}: shared-memory pipeline or not"
         print("gemv: ok, a weight tile loads before the PDL wait; STAGES > 1 streams the rest through cp.async")
