@@ -22,6 +22,12 @@ kernel replaced by a no-op and times 100 replays of each:
 Parts joined by `+` apply together (`splits=2+decode-config=128,8,1`); an unknown or malformed name
 is an error before the model is built.
 
+`--sustained SECONDS` times the graphs as serving runs them: it captures every variant first,
+replays the first one back to back for SECONDS, then times the variants in alternation (three rounds
+of 200 replays each; the rows give their means). Right after idling an H200 runs the step faster
+than under load, where it can sit at its power cap with lowered clocks, and a tile that wins cold
+can lose sustained (`benchmarks/results/2026-11-29-session8`).
+
 The outputs of an ablated step are wrong; only its time means something. The difference to `none`
 is what that kind of kernel costs on the step's critical path (under PDL, kernel sums overlap and
 cannot say this). Needs a CUDA GPU.
@@ -33,6 +39,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -115,13 +122,32 @@ def _patch(stack: contextlib.ExitStack, part: str) -> None:
         raise ValueError(f"unknown ablation {part!r} (see `python -m benchmarks.ablate_decode --help`)")
 
 
-def graph_ms(runner: ModelRunner, context: int) -> float:
-    """Capture the batch-1 decode graph afresh (under the caller's patches) and time its replay."""
+def capture(runner: ModelRunner, context: int) -> StepGraphs:
+    """Capture the batch-1 decode graph afresh (under the caller's patches), inputs loaded."""
     runner.graphs = StepGraphs(runner.model, 1, 0, -(-runner.max_model_len // runner.config.block_size),
                                runner.max_model_len, runner.device)
     runner.graphs.capture()
     fill_graph_inputs(runner, 1, context)
-    return time_calls(runner.graphs.graphs[1, 1].replay, steps=100, warmups=5)
+    return runner.graphs
+
+
+def graph_ms(runner: ModelRunner, context: int) -> float:
+    """Capture the batch-1 decode graph afresh (under the caller's patches) and time its replay."""
+    return time_calls(capture(runner, context).graphs[1, 1].replay, steps=100, warmups=5)
+
+
+def sustained_ms(replays: list, seconds: float, timer=time_calls, clock=time.perf_counter, rounds: int = 3,
+                 steps: int = 200) -> list[float]:
+    """Mean milliseconds per replay of each of `replays`, timed in alternation over `rounds` after
+    `replays[0]` ran back to back for `seconds` (`timer(replay, steps=, warmups=)` as `time_calls`)."""
+    deadline = clock() + seconds
+    while clock() < deadline:
+        timer(replays[0], steps=20, warmups=0)
+    times = [[] for _ in replays]
+    for _ in range(rounds):
+        for replay, row in zip(replays, times):
+            row.append(timer(replay, steps=steps, warmups=20))
+    return [sum(row) / len(row) for row in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="none, norm, attention, rotary, decode, no-pdl, splits=N, "
                              "decode-config=BLOCK_N,WARPS,STAGES, norm-warps=N, gemv=N:K:BLOCK_N,BLOCK_K,WARPS,STAGES; "
                              "parts joined by + apply together")
+    parser.add_argument("--sustained", type=float, default=0.0, metavar="SECONDS",
+                        help="warm the GPU for SECONDS, then time the variants in alternation")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     for name in args.ablations:  # a malformed name fails now, not after the model is built
@@ -142,15 +170,24 @@ def main(argv: list[str] | None = None) -> int:
                                       max_graph_prefill_tokens=0))
     floor_ms = decode_weight_bytes(runner.model) / copy_bandwidth() * 1e3
     print(f"weights floor {floor_ms:.3f} ms/step")
+    if args.sustained:
+        graphs = []  # every variant's graph stays alive until all are timed
+        for name in args.ablations:
+            with _patches(name):
+                graphs.append(capture(runner, args.context))
+        times = sustained_ms([g.graphs[1, 1].replay for g in graphs], args.sustained)
     rows = []
-    for name in args.ablations:
-        with _patches(name):
-            ms = graph_ms(runner, args.context)
+    for i, name in enumerate(args.ablations):
+        if args.sustained:
+            ms = times[i]
+        else:
+            with _patches(name):
+                ms = graph_ms(runner, args.context)
         rows.append({"ablation": name, "step_ms": ms, "saved_ms": rows[0]["step_ms"] - ms if rows else 0.0})
         print(f"  {name:16s} {ms:.3f} ms/step  ({rows[-1]['saved_ms']:+.3f} ms against {rows[0]['ablation']})")
     if args.out:
         args.out.write_text(json.dumps({"what": "ablate_decode", "model": args.model, "context": args.context,
-                                        "floor_ms": floor_ms, "rows": rows}, indent=1))
+                                        "sustained_s": args.sustained, "floor_ms": floor_ms, "rows": rows}, indent=1))
     return 0
 
 

@@ -108,3 +108,24 @@ def test_ablation_patches_apply_inside_and_undo_outside():
         ablate_decode.main(["/nonexistent", "--ablations", "none", "splitz=4"])
     assert norm_layer.rms_norm is served_norm and attention_layer.Attention._decode is served_decode
     assert decode_attention._CONFIGS[128, False] == served_config
+
+
+def test_ablate_sustained_warms_then_alternates():
+    """`--sustained`: the first graph runs until the deadline (untimed), then every variant is timed
+    once per round, in turn, and each row is the mean of its rounds."""
+    from benchmarks import ablate_decode
+
+    now = [0.0]
+    calls = []
+    results = {"a": [9.0, 9.0, 9.0, 4.0, 6.0], "b": [3.0, 5.0]}
+
+    def timer(replay, steps, warmups):
+        calls.append((replay, steps, warmups))
+        now[0] += 1.0
+        return results[replay].pop(0)
+
+    means = ablate_decode.sustained_ms(["a", "b"], seconds=2.5, timer=timer, clock=lambda: now[0], rounds=2,
+                                       steps=50)
+    assert calls[:3] == [("a", 20, 0)] * 3  # warm-up until the clock passes 2.5 s
+    assert calls[3:] == [("a", 50, 20), ("b", 50, 20), ("a", 50, 20), ("b", 50, 20)]
+    assert means == [5.0, 4.0]
