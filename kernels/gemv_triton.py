@@ -29,9 +29,9 @@ from kernels import pdl
 
 def pick_config(n: int, k: int, gated: bool = False) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, STAGES) for an `[n, k]` weight, chosen on the H200 inside the
-    batch-1 decode graph replayed for seconds, as serving runs it: under that load the GPU sits at
-    its 700 W power cap and lowers its clocks, so a tile that is fastest for a moment after idling can
-    lose (`benchmarks/results/2026-11-29-session8`). Plain products (qkv, o, gate_up, LM head): 4
+    batch-1 decode graph replayed for seconds, as serving runs it: under that load an H200 can reach
+    its 700 W power cap and lower its clocks, so a tile that is fastest right after idling can lose
+    (`benchmarks/results/2026-11-29-session8`). Plain products (qkv, o, gate_up, LM head): 4
     features per program, 1024-wide K tiles, 4 warps, the later tiles through the shared-memory
     pipeline: 3.93-3.95 against 4.03 ms per step with register tiles (2 x 2048 tiles: 3.86 ms
     after idling, 4.01 sustained). Gated products (the down projection, which computes SiLU-and-mul
