@@ -44,7 +44,8 @@ from pathlib import Path
 from unittest import mock
 
 from benchmarks.profile_decode import copy_bandwidth, decode_weight_bytes, fill_graph_inputs, time_calls
-from kernels import attention, decode_attention
+from kernels import attention
+from kernels.attention import decode as decode_attention
 from services.worker.config import WorkerConfig
 from services.worker.cuda_graphs import StepGraphs
 from services.worker.layers import attention as attention_layer
@@ -103,13 +104,13 @@ def _patch(stack: contextlib.ExitStack, part: str) -> None:
             raise ValueError(f"{part!r}: decode-config=BLOCK_N,WARPS,STAGES")
         stack.enter_context(mock.patch.dict(decode_attention._CONFIGS, {(128, False): config}))
     elif key == "norm-warps":
-        from kernels import elementwise_triton
+        from kernels.elementwise import triton_kernels as elementwise_triton
 
         stack.enter_context(mock.patch.object(elementwise_triton, "rms_norm_triton",
                                               functools.partial(elementwise_triton.rms_norm_triton,
                                                                 num_warps=int(value))))
     elif key == "gemv":
-        from kernels import gemv_triton
+        from kernels.gemm import gemv_triton
 
         n, k, config = value.split(":")
         override = {(int(n), int(k)): tuple(int(v) for v in config.split(","))}

@@ -26,11 +26,11 @@ import torch
 import triton
 import triton.testing
 
-from kernels import attention_ref
-from kernels.decode_attention import _CONFIGS as DECODE_CONFIGS
-from kernels.decode_attention import choose_num_splits, decode_attention_fwd
-from kernels.extend_attention import _CONFIGS as EXTEND_CONFIGS
-from kernels.extend_attention import extend_attention_fwd
+from kernels.attention import reference as attention_ref
+from kernels.attention.decode import _CONFIGS as DECODE_CONFIGS
+from kernels.attention.decode import choose_num_splits, decode_attention_fwd
+from kernels.attention.extend import _CONFIGS as EXTEND_CONFIGS
+from kernels.attention.extend import extend_attention_fwd
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 DTYPE = torch.bfloat16

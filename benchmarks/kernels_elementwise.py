@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from kernels import activation, attention_ref, kv_write, rmsnorm, rotary, rotary_kv
+from kernels.attention import reference as attention_ref
+from kernels.elementwise import activation, kv_write, rmsnorm, rotary, rotary_kv
 from services.worker.layers.rotary import get_rope
 
 HIDDEN, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, INTER = 4096, 32, 8, 128, 14336

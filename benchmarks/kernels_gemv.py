@@ -1,4 +1,4 @@
-"""GEMV microbenchmark: the Triton batch-1 GEMV (`kernels/gemv_triton.py`) against cuBLAS at the
+"""GEMV microbenchmark: the Triton batch-1 GEMV (`kernels/gemm/gemv_triton.py`) against cuBLAS at the
 Llama-3-8B linear shapes (bf16, one row of x).
 
     python -m benchmarks.kernels_gemv [--no-sweep] --out FILE
@@ -29,8 +29,8 @@ import os
 import torch
 
 from benchmarks.kernels import L2_BYTES, copy_bandwidth, graph_time_ms, print_table
-from kernels import activation
-from kernels.gemv_triton import gemv_triton, pick_config
+from kernels.elementwise import activation
+from kernels.gemm.gemv_triton import gemv_triton, pick_config
 
 DTYPE = torch.bfloat16
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "gate_up": (28672, 4096, False),

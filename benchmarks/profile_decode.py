@@ -8,7 +8,7 @@ then for each batch size B:
   the median step time (CUDA events around 100 replays) next to the weights roofline (weights bytes
   read per step / the measured device-to-device copy bandwidth);
 - profiles 20 replays with `torch.profiler` and lists every kernel's mean time per step and share.
-  With programmatic dependent launch (`kernels/pdl.py`, on by default on sm_90) a kernel starts
+  With programmatic dependent launch (`kernels/runtime/pdl.py`, on by default on sm_90) a kernel starts
   before the one ahead of it ends and waits inside, so its time includes that wait and the sum
   exceeds the step; compare kernels with `SLUICE_PDL=0`, steps with the replay time.
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kernels.argmax import argmax
+from kernels.sampling.argmax import argmax
 from services.worker.input_batch import HostInputs, gather_pending
 from services.worker.layers.attention import AttentionMetadata
 

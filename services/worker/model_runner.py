@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels import argmax, attention, jit_watch
+from kernels import attention
+from kernels.runtime import jit_watch
+from kernels.sampling import argmax
 from services.common.sampling import SamplingParams
 from services.common.step import CacheSpec, SampledToken, StepPlan, StepResult
 from services.worker import metrics

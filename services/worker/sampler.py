@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.argmax import argmax
+from kernels.sampling.argmax import argmax
 from services.common.sampling import SamplingParams
 
 _MASK64 = (1 << 64) - 1

@@ -77,7 +77,7 @@ def test_ablation_patches_apply_inside_and_undo_outside():
     import torch
 
     from benchmarks import ablate_decode
-    from kernels import decode_attention
+    from kernels.attention import decode as decode_attention
     from services.worker.layers import attention as attention_layer
     from services.worker.layers import norm as norm_layer
 
@@ -91,7 +91,7 @@ def test_ablation_patches_apply_inside_and_undo_outside():
         assert decode_attention._CONFIGS[128, False] == (32, 8, 3)
     with ablate_decode._patches("splits=5"):
         assert ablate_decode.attention.choose_num_splits(1, 8, 4096, 132) == 5
-    from kernels import gemv_triton
+    from kernels.gemm import gemv_triton
 
     served_gemv = gemv_triton.pick_config(6144, 4096)
     with ablate_decode._patches("gemv=4096:4096:16,256,2,3"):

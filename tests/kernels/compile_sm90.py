@@ -28,9 +28,9 @@ def compile_sm90(kernel, types: dict[str, str], constexprs: dict, num_warps: int
 
 
 def main() -> int:
-    from kernels.argmax_triton import _chunk_kernel, _merge_kernel
-    from kernels.elementwise_triton import _rms_norm_kernel
-    from kernels.gemv_triton import _gemv_kernel
+    from kernels.elementwise.triton_kernels import _rms_norm_kernel
+    from kernels.gemm.gemv_triton import _gemv_kernel
+    from kernels.sampling.argmax_triton import _chunk_kernel, _merge_kernel
 
     try:
         for dtype in ("*bf16", "*fp16", "*fp32"):
@@ -50,7 +50,7 @@ def main() -> int:
         ptrs = dict.fromkeys(("x_ptr", "residual_ptr", "weight_ptr", "out_ptr", "new_residual_ptr"), "*bf16")
         compile_sm90(_rms_norm_kernel, {**ptrs, "eps": "fp32"}, dict(HAS_RESIDUAL=True, BLOCK=4096, USE_PDL=True), 8)
         print("rms_norm: ok")
-        from kernels.decode_attention import _decode_kernel
+        from kernels.attention.decode import _decode_kernel
 
         types = {name: "*bf16" for name in ("q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr", "key_ptr", "value_ptr")}
         types.update(block_tables_ptr="*i32", seq_lens_ptr="*i32", counters_ptr="*i32", mid_out_ptr="*fp32",

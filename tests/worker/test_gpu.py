@@ -44,7 +44,7 @@ def test_batch1_decode_graphs_with_gemv_and_pdl_agree_with_prefill(monkeypatch, 
     Every greedy token it picks must be the argmax, within rounding, of the logits that a prefill
     of the same sequence computes with cuBLAS (many rows, no GEMV): a missing wait would read a
     half-written activation and pick tokens far from it."""
-    from kernels import gemv_triton
+    from kernels.gemm import gemv_triton
 
     calls = []
     original = gemv_triton.gemv_triton
@@ -138,7 +138,9 @@ def test_no_kernel_is_compiled_after_start_up_whatever_the_step_shape():
     slot_mapping, seq_lens, ...) off 16-byte alignment; mixed steps pass slices of them. Serving
     once compiled new variants of the rotary/KV-write and decode kernels for such steps (a ~1 s
     stall each): after start-up, no step shape may make Triton compile anything."""
-    from kernels import decode_attention, elementwise_triton, extend_attention
+    from kernels.attention import decode as decode_attention
+    from kernels.attention import extend as extend_attention
+    from kernels.elementwise import triton_kernels as elementwise_triton
     from services.worker import metrics
     for module in (decode_attention, elementwise_triton, extend_attention):
         for kernel in vars(module).values():

@@ -1,7 +1,7 @@
 """The attention layer: write this step's K/V into the paged cache, then attend over the cache.
 
 Given a `RotaryEmbedding`, the layer also rotates the query and key first, in the same kernel launch
-as the cache write (`kernels.rotary_kv`), or at batch 1 inside the decode-attention launch itself
+as the cache write (`kernels.elementwise.rotary_kv`), or at batch 1 inside the decode-attention launch itself
 (`kernels.attention.NewTokens`); the caller passes unrotated q/k and the positions.
 The layer holds no weights. Its `kv_cache` (one `(k_cache, v_cache)` pair, each
 `[num_blocks, block_size, Hkv, D]`) is bound by `kv_cache.bind_kv_cache` after allocation; the
@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from kernels import attention
-from kernels.kv_write import write_kv
-from kernels.rotary_kv import rotary_and_write_kv
+from kernels.elementwise.kv_write import write_kv
+from kernels.elementwise.rotary_kv import rotary_and_write_kv
 from services.worker.layers.rotary import RotaryEmbedding
 
 # Decode steps up to this batch size rotate and write the new K/V inside the attention launch. On the
 # H200 (Llama-3-8B shape, 1k context) that saves a launch at batch 1 (graph 4.006 vs 4.026 ms) but
 # costs from batch 4 on (4.873 vs 4.802 ms; at 512 x 1.5k, 39.7 vs 35.6 ms): the rotary launch
-# compiles without FP fusion (see kernels/decode_attention.py), which slows the attention math.
+# compiles without FP fusion (see kernels/attention/decode.py), which slows the attention math.
 ROTARY_IN_DECODE_MAX_BATCH = 1
 
 

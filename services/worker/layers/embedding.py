@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import gemv
+from kernels.gemm import gemv
 from services.worker.layers.linear import default_weight_loader
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Hashable
 import torch
 from torch import nn
 
-from kernels import gemv
+from kernels.gemm import gemv
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id: Hashable = None) -> None:

@@ -1,4 +1,4 @@
-"""RMSNorm with the residual add fused in (`kernels/rmsnorm.py`: Triton on CUDA, torch elsewhere).
+"""RMSNorm with the residual add fused in (`kernels/elementwise/rmsnorm.py`: Triton on CUDA, torch elsewhere).
 
 Numerics follow HF's LlamaRMSNorm: the residual add happens in the input dtype, the normalisation
 in float32, and the weight multiplies after casting back.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.rmsnorm import rms_norm
+from kernels.elementwise.rmsnorm import rms_norm
 
 
 class RMSNorm(nn.Module):

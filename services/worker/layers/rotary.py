@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels.rotary import rotary_embedding
+from kernels.elementwise.rotary import rotary_embedding
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 

@@ -1,0 +1,1 @@
+"""Elementwise and row-wise kernels: RMSNorm, rotary embedding, KV-cache writes, activations."""

@@ -1,0 +1,1 @@
+"""Matrix products: the one-row Triton GEMV beside cuBLAS."""

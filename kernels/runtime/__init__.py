@@ -1,0 +1,1 @@
+"""What every kernel shares at run time: backend choice, programmatic dependent launch, JIT watch."""
